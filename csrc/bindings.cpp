@@ -1,0 +1,169 @@
+// pybind11 bindings: argument checks, GIL release, calls. Shapes, dtypes and value checks
+// that produce user-facing messages live in the Python layer (src/iqkq/ops.py); the checks
+// here only guard the raw pointers against misuse of the private module.
+#include <pybind11/pybind11.h>
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "gemm.h"
+#include "threads.h"
+#include "types.h"
+
+namespace py = pybind11;
+using namespace iqkq;
+
+namespace {
+
+template <typename T>
+const T* in_ptr(const py::array& a, size_t count, const char* what) {
+    if (!py::dtype::of<T>().is(a.dtype()) && a.dtype().itemsize() != (py::ssize_t)sizeof(T))
+        throw std::invalid_argument(std::string(what) + ": wrong dtype");
+    if (!(a.flags() & py::array::c_style)) throw std::invalid_argument(std::string(what) + ": not C-contiguous");
+    if ((size_t)a.nbytes() < count * sizeof(T)) throw std::invalid_argument(std::string(what) + ": buffer too small");
+    return static_cast<const T*>(a.data());
+}
+
+template <typename T>
+T* out_ptr(py::array& a, size_t count, const char* what) {
+    in_ptr<T>(a, count, what);
+    if (!a.writeable()) throw std::invalid_argument(std::string(what) + ": read-only");
+    return static_cast<T*>(a.mutable_data());
+}
+
+int check_type(int type) {
+    if (type < 0 || type >= T_COUNT) throw std::invalid_argument("invalid type index");
+    return type;
+}
+
+void check_shape(int type, int64_t rows, int64_t K) {
+    const TypeTraits& t = kTypes[type];
+    if (rows < 0 || K <= 0 || K % t.block_size != 0 || rows % t.interleave != 0)
+        throw std::invalid_argument("invalid shape for type");
+}
+
+IsaIndex isa_from_name(const std::string& name) {
+    if (name == "scalar") return ISA_SCALAR;
+    if (name == "avx2") return ISA_AVX2;
+    throw std::invalid_argument("unknown ISA '" + name + "' (expected 'scalar' or 'avx2')");
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "iqkq native core (private; use the iqkq package)";
+
+    m.def("types_table", [] {
+        py::list out;
+        for (int i = 0; i < T_COUNT; ++i) {
+            const TypeTraits& t = kTypes[i];
+            py::dict d;
+            d["index"] = i;
+            d["name"] = t.name;
+            d["ggml_id"] = t.ggml_id;
+            d["block_size"] = t.block_size;
+            d["type_size"] = t.type_size;
+            d["row_meta"] = t.row_meta;
+            d["interleave"] = t.interleave;
+            d["act"] = t.act >= 0 ? py::object(py::str(kActs[t.act].name)) : py::object(py::none());
+            d["act_index"] = (int)t.act;
+            d["needs_imatrix"] = t.needs_imatrix;
+            d["interleaved"] = t.interleaved;
+            d["base"] = t.base;
+            d["large_batch"] = t.large_batch;
+            out.append(d);
+        }
+        return out;
+    });
+    m.def("act_table", [] {
+        py::list out;
+        for (int i = 0; i < A_COUNT; ++i) {
+            py::dict d;
+            d["index"] = i;
+            d["name"] = kActs[i].name;
+            d["ggml_id"] = kActs[i].ggml_id;
+            d["block_size"] = kActs[i].block_size;
+            d["type_size"] = kActs[i].type_size;
+            out.append(d);
+        }
+        return out;
+    });
+
+    m.def("isa", [] { return std::string(isa_name(active_isa())); });
+    m.def("isa_supported", [](const std::string& name) { return isa_supported(isa_from_name(name)); });
+    m.def("set_isa", [](const std::string& name) {
+        const IsaIndex isa = isa_from_name(name);
+        if (!isa_supported(isa)) throw std::invalid_argument("this CPU does not support ISA '" + name + "'");
+        set_active_isa(isa);
+    });
+    m.def("available_cpus", &available_cpus);
+
+    m.def("quantize", [](int type, const py::array& src, py::array& dst, int64_t rows, int64_t K,
+                         const py::object& imatrix, int nthreads) {
+        check_type(type);
+        check_shape(type, rows, K);
+        const float* s = in_ptr<float>(src, (size_t)(rows * K), "src");
+        uint8_t* d = out_ptr<uint8_t>(dst, row_bytes(kTypes[type], K) * rows, "dst");
+        const float* im = nullptr;
+        if (!imatrix.is_none()) im = in_ptr<float>(imatrix.cast<py::array>(), (size_t)K, "imatrix");
+        py::gil_scoped_release nogil;
+        return quantize(type, s, d, rows, K, im, nthreads);
+    });
+    m.def("dequantize", [](int type, const py::array& src, py::array& dst, int64_t rows, int64_t K, int nthreads) {
+        check_type(type);
+        check_shape(type, rows, K);
+        const uint8_t* s = in_ptr<uint8_t>(src, row_bytes(kTypes[type], K) * rows, "src");
+        float* d = out_ptr<float>(dst, (size_t)(rows * K), "dst");
+        py::gil_scoped_release nogil;
+        dequantize(type, s, d, rows, K, nthreads);
+    });
+    m.def("repack", [](int from, int to, const py::array& src, py::array& dst, int64_t rows, int64_t K, int nthreads) {
+        check_type(from);
+        check_type(to);
+        if (!(kTypes[to].base == from || kTypes[from].base == to)) throw std::invalid_argument("types are not repack twins");
+        check_shape(from, rows, K);
+        check_shape(to, rows, K);
+        const size_t n = row_bytes(kTypes[from], K) * rows;
+        const uint8_t* s = in_ptr<uint8_t>(src, n, "src");
+        uint8_t* d = out_ptr<uint8_t>(dst, n, "dst");
+        py::gil_scoped_release nogil;
+        repack(from, to, s, d, rows, K, nthreads);
+    });
+    m.def("matmul", [](int type, const py::array& w, int64_t rows, int64_t K, const py::array& x, int64_t N,
+                       py::array& y, int nthreads, int path) {
+        check_type(type);
+        check_shape(type, rows, K);
+        if (N < 0 || path < 0 || path > 2) throw std::invalid_argument("bad N or path");
+        const MatmulPath p = (MatmulPath)path;
+        if (p == MatmulPath::Repack && !(kTypes[type].large_batch >= 0 && rows % 8 == 0))
+            throw std::invalid_argument("repack path unavailable");
+        const uint8_t* wp = in_ptr<uint8_t>(w, row_bytes(kTypes[type], K) * rows, "w");
+        const float* xp = in_ptr<float>(x, (size_t)(N * K), "x");
+        float* yp = out_ptr<float>(y, (size_t)(N * rows), "y");
+        if (N == 0 || rows == 0) return;
+        if (N * K * rows < 65536) {  // too small to be worth dropping the GIL
+            matmul(type, wp, rows, K, xp, (size_t)K, N, yp, 1, p);
+            return;
+        }
+        py::gil_scoped_release nogil;
+        matmul(type, wp, rows, K, xp, (size_t)K, N, yp, nthreads, p);
+    });
+    m.def("uses_large_batch", [](int type, int64_t rows, int64_t N, int path) {
+        check_type(type);
+        return uses_large_batch(type, rows, N, (MatmulPath)path);
+    });
+    m.def("quantize_activations", [](int act, const py::array& x, int64_t N, int64_t K) {
+        if (act < 0 || act >= A_COUNT) throw std::invalid_argument("invalid activation format");
+        if (K <= 0 || K % kActs[act].block_size != 0) throw std::invalid_argument("bad K");
+        const float* xp = in_ptr<float>(x, (size_t)(N * K), "x");
+        py::array_t<uint8_t> out((py::ssize_t)(N * act_row_bytes((ActIndex)act, K)));
+        uint8_t* o = out.mutable_data();
+        {
+            py::gil_scoped_release nogil;
+            quantize_activations(act, xp, (size_t)K, N, K, o, 1);
+        }
+        return out;
+    });
+}

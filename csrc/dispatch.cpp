@@ -1,0 +1,74 @@
+// Runtime CPU detection and the per-ISA kernel tables.
+//
+// Each table starts as the scalar set; SIMD files then override the entries they implement.
+// The AVX2 table is built only if the CPU (and OS, for the YMM state) supports AVX2, FMA and
+// F16C, so the package never executes an instruction the CPU lacks. IQKQ_ISA=scalar|avx2
+// chooses the initial active table; tests switch tables at run time to cover both.
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+
+#include "types.h"
+
+#if defined(IQKQ_HAVE_X86)
+#include <cpuid.h>
+#endif
+
+namespace iqkq {
+namespace {
+
+bool detect_avx2() {
+#if defined(IQKQ_HAVE_X86)
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
+    const bool fma = c & (1u << 12), osxsave = c & (1u << 27), avx = c & (1u << 28), f16c = c & (1u << 29);
+    if (!(fma && osxsave && avx && f16c)) return false;
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if ((lo & 6u) != 6u) return false;  // OS saves XMM and YMM state
+    if (__get_cpuid_max(0, nullptr) < 7) return false;
+    __cpuid_count(7, 0, a, b, c, d);
+    return b & (1u << 5);
+#else
+    return false;
+#endif
+}
+
+struct Registry {
+    KernelTables tables[ISA_COUNT];
+    bool supported[ISA_COUNT] = {true, false};
+    IsaIndex active = ISA_SCALAR;
+
+    Registry() {
+        register_scalar_act(tables[ISA_SCALAR]);
+        register_scalar_q8_0(tables[ISA_SCALAR]);
+        supported[ISA_AVX2] = detect_avx2();
+        tables[ISA_AVX2] = tables[ISA_SCALAR];
+#if defined(IQKQ_HAVE_X86)
+        if (supported[ISA_AVX2]) {
+            register_avx2_act(tables[ISA_AVX2]);
+            register_avx2_q8_0(tables[ISA_AVX2]);
+        }
+#endif
+        active = supported[ISA_AVX2] ? ISA_AVX2 : ISA_SCALAR;
+        if (const char* env = std::getenv("IQKQ_ISA")) {
+            if (std::strcmp(env, "scalar") == 0) active = ISA_SCALAR;
+        }
+    }
+};
+
+Registry& registry() {
+    static Registry r;
+    return r;
+}
+
+}  // namespace
+
+const KernelTables& kernels(IsaIndex isa) { return registry().tables[isa]; }
+const KernelTables& active() { return registry().tables[registry().active]; }
+IsaIndex active_isa() { return registry().active; }
+bool isa_supported(IsaIndex isa) { return isa >= 0 && isa < ISA_COUNT && registry().supported[isa]; }
+void set_active_isa(IsaIndex isa) { registry().active = isa; }
+const char* isa_name(IsaIndex isa) { return isa == ISA_AVX2 ? "avx2" : "scalar"; }
+
+}  // namespace iqkq

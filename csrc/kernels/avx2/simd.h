@@ -1,0 +1,62 @@
+// Small AVX2 helpers shared by the kernel files. Only included from translation units
+// compiled with -mavx2 -mfma -mf16c.
+#pragma once
+#include <immintrin.h>
+#include <cstdint>
+
+namespace iqkq {
+namespace avx2 {
+
+// Largest |x| over 8 lanes -> scalar. NaN lanes are ignored (maxps returns its second
+// operand when either is NaN), matching the scalar reference.
+static inline float hmax8(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(_mm_movehl_ps(m, m), m);
+    m = _mm_max_ss(_mm_movehdup_ps(m), m);
+    return _mm_cvtss_f32(m);
+}
+
+static inline __m256 abs_ps(__m256 v) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v); }
+
+// H8 of FORMATS.md §11.3: ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)).
+static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+// Round to nearest even, convert and pack 32 floats (4 vectors) to 32 int8 with signed
+// saturation, in element order.
+static inline __m256i pack_rne_i8(__m256 v0, __m256 v1, __m256 v2, __m256 v3) {
+    const __m256i i0 = _mm256_cvtps_epi32(_mm256_round_ps(v0, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    const __m256i i1 = _mm256_cvtps_epi32(_mm256_round_ps(v1, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    const __m256i i2 = _mm256_cvtps_epi32(_mm256_round_ps(v2, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    const __m256i i3 = _mm256_cvtps_epi32(_mm256_round_ps(v3, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    const __m256i p01 = _mm256_packs_epi32(i0, i1);  // lanes: i0[0..3] i1[0..3] | i0[4..7] i1[4..7]
+    const __m256i p23 = _mm256_packs_epi32(i2, i3);
+    const __m256i p = _mm256_packs_epi16(p01, p23);  // dword order 0 2 4 6 1 3 5 7
+    return _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+// Sum of 32 int8 as int32 in every lane-pair partial (8 lanes of 4 consecutive bytes).
+static inline __m256i sum_i8_4(__m256i q) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), q), _mm256_set1_epi16(1));
+}
+
+static inline int hsum_i32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
+    return _mm_cvtsi128_si32(s);
+}
+
+// Signed int8 x int8 products summed in groups of 4 consecutive bytes -> 8 x int32.
+// maddubs needs an unsigned left operand, so the sign of w moves onto a.
+static inline __m256i dot4_i8(__m256i w, __m256i a) {
+    const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
+    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+}
+
+}  // namespace avx2
+}  // namespace iqkq

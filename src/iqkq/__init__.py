@@ -1,0 +1,59 @@
+"""iqkq: ggml / ik_llama.cpp quantization formats for numpy, byte-exact and fast.
+
+Quick start::
+
+    import numpy as np, iqkq
+    w = np.random.default_rng(0).standard_normal((4096, 4096), dtype=np.float32)
+    q = iqkq.quantize(w, "q8_0")          # bytes identical to ik_llama.cpp's GGUF tensors
+    y = iqkq.matmul(q, np.ones((8, 4096), np.float32))   # (8, 4096) = x @ W.T
+    w2 = iqkq.dequantize(q)
+
+See ``iqkq.types()`` for the supported types.
+"""
+from ._types import TypeInfo, type_info, types
+from .ops import (
+    dequantize,
+    get_num_threads,
+    isa,
+    matmul,
+    quantize,
+    repack,
+    set_isa,
+    set_num_threads,
+)
+from .tensor import QuantizedTensor
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "QuantizedTensor",
+    "TypeInfo",
+    "dequantize",
+    "get_num_threads",
+    "isa",
+    "matmul",
+    "quantize",
+    "repack",
+    "set_isa",
+    "set_num_threads",
+    "type_info",
+    "types",
+]
+
+
+def _init_isa() -> None:
+    import os
+
+    from . import _core
+
+    want = os.environ.get("IQKQ_ISA")
+    if want:
+        want = want.strip().lower()
+        if want not in ("scalar", "avx2"):
+            raise ImportError(f"IQKQ_ISA must be 'scalar' or 'avx2', got {want!r}")
+        if not _core.isa_supported(want):
+            raise ImportError(f"IQKQ_ISA={want!r} but this CPU does not support it")
+        _core.set_isa(want)
+
+
+_init_isa()
