@@ -35,6 +35,7 @@ T* out_ptr(py::array& a, size_t count, const char* what) {
 
 int check_type(int type) {
     if (type < 0 || type >= T_COUNT) throw std::invalid_argument("invalid type index");
+    if (!type_available(type)) throw std::invalid_argument(std::string(kTypes[type].name) + " has no kernels in this build");
     return type;
 }
 
@@ -73,6 +74,8 @@ PYBIND11_MODULE(_core, m) {
             d["interleaved"] = t.interleaved;
             d["base"] = t.base;
             d["large_batch"] = t.large_batch;
+            d["available"] = type_available(i);
+            d["has_large_batch"] = type_available(i) && has_large_batch(i);
             out.append(d);
         }
         return out;
@@ -137,7 +140,7 @@ PYBIND11_MODULE(_core, m) {
         check_shape(type, rows, K);
         if (N < 0 || path < 0 || path > 2) throw std::invalid_argument("bad N or path");
         const MatmulPath p = (MatmulPath)path;
-        if (p == MatmulPath::Repack && !(kTypes[type].large_batch >= 0 && rows % 8 == 0))
+        if (p == MatmulPath::Repack && !(has_large_batch(type) && rows % 8 == 0))
             throw std::invalid_argument("repack path unavailable");
         const uint8_t* wp = in_ptr<uint8_t>(w, row_bytes(kTypes[type], K) * rows, "w");
         const float* xp = in_ptr<float>(x, (size_t)(N * K), "x");

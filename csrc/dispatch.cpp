@@ -42,12 +42,18 @@ struct Registry {
     Registry() {
         register_scalar_act(tables[ISA_SCALAR]);
         register_scalar_q8_0(tables[ISA_SCALAR]);
+        register_scalar_q8_k_r8(tables[ISA_SCALAR]);
+        register_scalar_iq4_ks(tables[ISA_SCALAR]);
+        register_scalar_iq3_xxs(tables[ISA_SCALAR]);
         supported[ISA_AVX2] = detect_avx2();
         tables[ISA_AVX2] = tables[ISA_SCALAR];
 #if defined(IQKQ_HAVE_X86)
         if (supported[ISA_AVX2]) {
             register_avx2_act(tables[ISA_AVX2]);
             register_avx2_q8_0(tables[ISA_AVX2]);
+            register_avx2_q8_k_r8(tables[ISA_AVX2]);
+            register_avx2_iq4_ks(tables[ISA_AVX2]);
+            register_avx2_iq3_xxs(tables[ISA_AVX2]);
         }
 #endif
         active = supported[ISA_AVX2] ? ISA_AVX2 : ISA_SCALAR;
@@ -69,6 +75,10 @@ const KernelTables& active() { return registry().tables[registry().active]; }
 IsaIndex active_isa() { return registry().active; }
 bool isa_supported(IsaIndex isa) { return isa >= 0 && isa < ISA_COUNT && registry().supported[isa]; }
 void set_active_isa(IsaIndex isa) { registry().active = isa; }
+bool type_available(int type) {
+    const TypeKernels& k = registry().tables[ISA_SCALAR].types[type];
+    return k.quantize && k.dequantize && k.gemm;
+}
 const char* isa_name(IsaIndex isa) { return isa == ISA_AVX2 ? "avx2" : "scalar"; }
 
 }  // namespace iqkq

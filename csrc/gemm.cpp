@@ -91,9 +91,13 @@ void quantize_activations(int act, const float* X, size_t x_stride, int64_t N, i
     });
 }
 
-bool uses_large_batch(int type, int64_t rows, int64_t N, MatmulPath path) {
+bool has_large_batch(int type) {
     const TypeTraits& t = kTypes[type];
-    if (t.large_batch < 0 || path == MatmulPath::Direct) return false;
+    return t.large_batch >= 0 && type_available(t.large_batch) && kernels(ISA_SCALAR).types[type].to_large_batch;
+}
+
+bool uses_large_batch(int type, int64_t rows, int64_t N, MatmulPath path) {
+    if (!has_large_batch(type) || path == MatmulPath::Direct) return false;
     if (path == MatmulPath::Repack) return true;
     // ik_llama.cpp's single-thread rule, made independent of the thread count.
     return N >= 32 && rows >= 32 && rows % 8 == 0;

@@ -20,6 +20,9 @@ void dequantize(int type, const uint8_t* src, float* dst, int64_t rows, int64_t 
 // Byte-exact conversion between a type and its interleaved twin (either direction).
 void repack(int from, int to, const uint8_t* src, uint8_t* dst, int64_t rows, int64_t K, int nthreads);
 
+// Whether the type has a large-batch conversion with kernels in this build.
+bool has_large_batch(int type);
+
 // Whether matmul with this path would convert the weights to the large-batch type.
 bool uses_large_batch(int type, int64_t rows, int64_t N, MatmulPath path);
 

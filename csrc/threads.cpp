@@ -70,16 +70,18 @@ private:
     void ensure_workers(int n) {
         while ((int)workers_.size() < n) {
             const int id = (int)workers_.size() + 1;
-            workers_.emplace_back([this, id] { loop(id); });
+            // The worker must compare against the generation *before* the job that is
+            // about to be posted, or it could start after the post and sleep through it.
+            uint64_t gen;
+            {
+                std::lock_guard<std::mutex> lk(mu_);
+                gen = generation_;
+            }
+            workers_.emplace_back([this, id, gen] { loop(id, gen); });
         }
     }
 
-    void loop(int id) {
-        uint64_t seen = 0;
-        {
-            std::lock_guard<std::mutex> lk(mu_);
-            seen = generation_;
-        }
+    void loop(int id, uint64_t seen) {
         for (;;) {
             // Spin a little before sleeping so back-to-back calls do not pay a wake-up.
             uint64_t g = gen_atomic_.load(std::memory_order_acquire);

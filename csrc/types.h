@@ -14,6 +14,11 @@ namespace iqkq {
 enum TypeIndex : int {
     T_Q8_0 = 0,
     T_Q8_0_R8,
+    T_Q8_K_R8,
+    T_IQ4_KS,
+    T_IQ4_KS_R4,
+    T_IQ3_XXS,
+    T_IQ3_XXS_R4,
     T_COUNT
 };
 
@@ -117,11 +122,20 @@ void set_active_isa(IsaIndex isa);  // caller checks isa_supported
 const char* isa_name(IsaIndex isa);
 
 // Registration hooks, one per format file / kernel file.
+// A type is available when its scalar quantize, dequantize and gemm are registered.
+bool type_available(int type);
+
 void register_scalar_act(KernelTables& t);
 void register_scalar_q8_0(KernelTables& t);
+void register_scalar_q8_k_r8(KernelTables& t);
+void register_scalar_iq4_ks(KernelTables& t);
+void register_scalar_iq3_xxs(KernelTables& t);
 #if defined(IQKQ_HAVE_X86)
 void register_avx2_act(KernelTables& t);
 void register_avx2_q8_0(KernelTables& t);
+void register_avx2_q8_k_r8(KernelTables& t);
+void register_avx2_iq4_ks(KernelTables& t);
+void register_avx2_iq3_xxs(KernelTables& t);
 #endif
 
 }  // namespace iqkq

@@ -59,11 +59,16 @@ class TypeInfo:
         return self.row_bytes(K) * 8.0 / K
 
 
+_RAW = _core.types_table()
+
+
 def _load() -> List[TypeInfo]:
-    raw = _core.types_table()
+    raw = _RAW
     names = [r["name"] for r in raw]
     out = []
     for r in raw:
+        if not r["available"]:
+            continue
         out.append(
             TypeInfo(
                 name=r["name"],
@@ -85,8 +90,9 @@ def _load() -> List[TypeInfo]:
 _TYPES: List[TypeInfo] = _load()
 _BY_NAME: Dict[str, TypeInfo] = {t.name.lower(): t for t in _TYPES}
 _BY_ID: Dict[int, TypeInfo] = {t.ggml_id: t for t in _TYPES}
+# Large-batch form of each type (the type its weights are converted to for N >= 32), if any.
 _LARGE_BATCH: Dict[str, Optional[str]] = {
-    r["name"]: (_TYPES[r["large_batch"]].name if r["large_batch"] >= 0 else None) for r in _core.types_table()
+    r["name"]: (_RAW[r["large_batch"]]["name"] if r["has_large_batch"] else None) for r in _RAW if r["available"]
 }
 
 
@@ -115,6 +121,8 @@ def type_info(qtype: Union[str, int, TypeInfo]) -> TypeInfo:
         return qtype
     if isinstance(qtype, str):
         t = _BY_NAME.get(qtype.strip().lower())
+        if t is None and any(r["name"].lower() == qtype.strip().lower() for r in _RAW):
+            raise ValueError(f"type {qtype!r} has no kernels in this build; supported: {_supported()}")
         if t is None:
             raise ValueError(f"unknown quantization type {qtype!r}; supported: {_supported()}")
         return t
