@@ -115,51 +115,56 @@ void matmul(int type, const uint8_t* W, int64_t rows, int64_t K, const float* X,
     std::vector<uint8_t> act((size_t)N * ab);
     quantize_activations(t.act, X, x_stride, N, K, act.data(), nthreads);
 
-    if (uses_large_batch(type, rows, N, path)) {
-        const int target = t.large_batch;
-        const TypeTraits& tt = kTypes[target];
-        const RepackFn convert = kt.types[type].to_large_batch;
-        const GemmFn gemm = kt.types[target].gemm;
-        const size_t trb = row_bytes(tt, K);
-        // Row tiles of about 256 KiB of converted weights, a multiple of 8 rows.
-        int64_t rt = std::max<int64_t>(8, ((256 * 1024) / (int64_t)trb) / 8 * 8);
-        rt = std::min<int64_t>(rt, 64);
-        const int64_t ntasks = ceil_div(rows, rt);
-        const int nt = (int)std::min<int64_t>(std::max(1, nthreads), ntasks);
-        std::vector<uint8_t> scratch((size_t)nt * rt * trb);
-        const int64_t ct = 64;
-        parallel_for(nt, ntasks, [&](int64_t task, int thread) {
-            const int64_t r0 = task * rt, nr = std::min(rt, rows - r0);
-            uint8_t* buf = scratch.data() + (size_t)thread * rt * trb;
-            convert(W + r0 * rb, buf, nr, K);
-            for (int64_t n0 = 0; n0 < N; n0 += ct) {
-                GemmArgs a{K, buf, 8 * trb, nr, act.data() + n0 * ab, ab, std::min(ct, N - n0), Y + n0 * rows + r0,
-                           (size_t)rows};
-                gemm(a);
-            }
-        });
-        return;
+    // Work split, shared by both paths: tasks are (row tile, column range) pairs. A row tile
+    // holds about 128 KiB of weights (in the layout the kernel reads), so it stays in L2
+    // while the task walks its columns in chunks of kColChunk activation rows. Columns are
+    // split across tasks only when there are too few row tiles to keep every thread busy.
+    const bool convert = uses_large_batch(type, rows, N, path);
+    const int ktype = convert ? t.large_batch : type;
+    const TypeTraits& kt_traits = kTypes[ktype];
+    const int G = kt_traits.interleave;
+    const size_t krb = row_bytes(kt_traits, K);  // bytes per row in the kernel's layout
+    const GemmFn gemm = kt.types[ktype].gemm;
+    constexpr int64_t kColChunk = 64;
+    int64_t rt;  // rows per tile, a multiple of G
+    if (N <= 4) {
+        // GEMV-like: weights stream from memory once. ~64 KiB tiles balance the threads
+        // without much hand-out traffic.
+        rt = ((int64_t)(64 * 1024) / (int64_t)krb) / G * G;
+    } else {
+        rt = ((int64_t)(128 * 1024) / (int64_t)krb) / G * G;
     }
+    // At least 16 output rows per tile: tasks on different threads then never write into
+    // the same 64-byte line of the output (false sharing).
+    rt = std::max<int64_t>(rt, std::max<int64_t>(16, G));
+    if (convert) rt = std::max<int64_t>(8, rt / 8 * 8);
+    rt = std::min(rt, rows);
+    const int64_t nrt = ceil_div(rows, rt);
+    int64_t nct = 1;
+    if (nrt < 4 * nthreads && N > 8) nct = std::min<int64_t>(ceil_div(4 * nthreads, nrt), ceil_div(N, 8));
+    const int64_t ct = ceil_div(N, nct);
+    const int64_t ntasks = nrt * ceil_div(N, ct);
+    const int nt = (int)std::min<int64_t>(std::max(1, nthreads), ntasks);
 
-    const GemmFn gemm = kt.types[type].gemm;
-    const int G = t.interleave;
-    const size_t gb = rb * G;
-    const int64_t ngroups = rows / G;
-    // Columns per task: all of them for small batches, 64 otherwise.
-    const int64_t ct = N <= 64 ? N : 64;
-    const int64_t nct = ceil_div(N, ct);
-    // Groups per task: aim for ~8 tasks per thread so the dynamic hand-out balances, but
-    // keep a task at >= 16 KiB of weights.
-    int64_t gpt = std::max<int64_t>(1, ngroups / std::max<int64_t>(1, 8 * nthreads / nct));
-    gpt = std::max<int64_t>(gpt, (int64_t)ceil_div(16 * 1024, (int64_t)gb));
-    gpt = std::min(gpt, ngroups);
-    const int64_t nrt = ceil_div(ngroups, gpt);
-    parallel_for(nthreads, nrt * nct, [&](int64_t task, int) {
-        const int64_t rti = task / nct, cti = task % nct;
-        const int64_t g0 = rti * gpt, ng = std::min(gpt, ngroups - g0);
-        const int64_t n0 = cti * ct, nc = std::min(ct, N - n0);
-        GemmArgs a{K, W + g0 * gb, gb, ng * G, act.data() + n0 * ab, ab, nc, Y + n0 * rows + g0 * G, (size_t)rows};
-        gemm(a);
+    std::vector<uint8_t> scratch;
+    const RepackFn conv = convert ? kt.types[type].to_large_batch : nullptr;
+    if (convert) scratch.resize((size_t)nt * rt * krb);
+    const int64_t ncol_tasks = ceil_div(N, ct);
+    parallel_for(nt, ntasks, [&](int64_t task, int thread) {
+        const int64_t rti = task / ncol_tasks, cti = task % ncol_tasks;
+        const int64_t r0 = rti * rt, nr = std::min(rt, rows - r0);
+        const int64_t c0 = cti * ct, c1 = std::min(N, c0 + ct);
+        const uint8_t* wt = W + r0 * rb;
+        if (convert) {
+            uint8_t* buf = scratch.data() + (size_t)thread * rt * krb;
+            conv(wt, buf, nr, K);
+            wt = buf;
+        }
+        for (int64_t n0 = c0; n0 < c1; n0 += kColChunk) {
+            GemmArgs a{K, wt, (size_t)G * krb, nr, act.data() + n0 * ab, ab, std::min(kColChunk, c1 - n0),
+                       Y + n0 * rows + r0, (size_t)rows};
+            gemm(a);
+        }
     });
 }
 

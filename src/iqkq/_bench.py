@@ -1,0 +1,167 @@
+"""Timing helpers shared by ``python -m iqkq bench`` and the scripts in ``bench/``.
+
+Every figure is a median of repeated runs after warm-up, and every iqkq figure is printed
+next to a peer (numpy float32 matmul, i.e. the BLAS numpy links) measured in the same run.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import glob
+import os
+import time
+from typing import Callable, Dict, Iterator, List, Optional
+
+import numpy as np
+
+import iqkq
+
+
+# ----------------------------------------------------------------------------- BLAS threads
+def _openblas_handles():
+    """(set, get) functions of the OpenBLAS numpy was built with, if it can be found."""
+    libs = []
+    base = os.path.dirname(np.__file__)
+    for d in (os.path.join(base, "..", "numpy.libs"), os.path.join(base, ".libs"), os.path.join(base, ".dylibs")):
+        libs += glob.glob(os.path.join(d, "*openblas*"))
+    for path in libs:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for s, g in (("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
+                     ("openblas_set_num_threads64_", "openblas_get_num_threads64_"),
+                     ("openblas_set_num_threads", "openblas_get_num_threads")):
+            if hasattr(lib, s) and hasattr(lib, g):
+                return getattr(lib, s), getattr(lib, g)
+    return None
+
+
+_BLAS = None
+
+
+@contextlib.contextmanager
+def blas_threads(n: int) -> Iterator[bool]:
+    """Limit numpy's BLAS to n threads inside the block; yields whether it could."""
+    try:
+        from threadpoolctl import threadpool_limits  # type: ignore
+
+        with threadpool_limits(limits=n, user_api="blas"):
+            yield True
+        return
+    except ImportError:
+        pass
+    global _BLAS
+    if _BLAS is None:
+        _BLAS = _openblas_handles() or False
+    if not _BLAS:
+        yield False
+        return
+    set_n, get_n = _BLAS
+    old = get_n()
+    set_n(n)
+    try:
+        yield True
+    finally:
+        set_n(old)
+
+
+# ----------------------------------------------------------------------------- timing
+def median_time(fn: Callable[[], object], *, warmup: int = 2, min_runs: int = 5, min_time: float = 0.3,
+                max_runs: int = 200) -> float:
+    """Median wall time of fn() in seconds."""
+    for _ in range(warmup):
+        fn()
+    times: List[float] = []
+    start = time.perf_counter()
+    while len(times) < min_runs or (time.perf_counter() - start < min_time and len(times) < max_runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def cold_rotation_time(fns: List[Callable[[], object]], *, rounds: int = 3) -> float:
+    """Median per-call time over full passes through fns (each touching different memory)."""
+    for f in fns[:2]:
+        f()
+    per_call = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for f in fns:
+            f()
+        per_call.append((time.perf_counter() - t0) / len(fns))
+    return float(np.median(per_call))
+
+
+def gflops(rows: int, K: int, N: int, seconds: float) -> float:
+    return 2.0 * rows * K * N / seconds / 1e9
+
+
+# ----------------------------------------------------------------------------- matmul sweep
+def matmul_sweep(type_names: List[str], Ns: List[int], threads_list: List[int], rows: int, K: int, *,
+                 cold: bool = True, cold_bytes: int = 256 << 20, seed: int = 0,
+                 log: Optional[Callable[[str], None]] = print, min_time: float = 0.3) -> List[Dict]:
+    """Time iqkq.matmul for each type / N / thread count beside numpy float32 x @ W.T."""
+    rng = np.random.default_rng(seed)
+    wf = rng.standard_normal((rows, K), dtype=np.float32)
+    xs = {N: rng.standard_normal((N, K), dtype=np.float32) for N in Ns}
+    results: List[Dict] = []
+    # numpy peer, measured once per (N, threads) in this run
+    np_hot: Dict = {}
+    np_cold: Dict = {}
+    wT = np.ascontiguousarray(wf.T)
+    for th in threads_list:
+        with blas_threads(th) as ok:
+            for N in Ns:
+                np_hot[(N, th)] = median_time(lambda: xs[N] @ wT, min_time=min_time)
+            if cold and 1 in Ns:
+                ncopy = max(2, -(-cold_bytes // wf.nbytes) + 1)
+                copies = [np.ascontiguousarray(wT) for _ in range(ncopy)]
+                x1 = xs[1][0]
+                np_cold[th] = cold_rotation_time([(lambda c=c: x1 @ c) for c in copies])
+                del copies
+        if not ok and log:
+            log("note: could not limit numpy's BLAS threads; numpy uses its default thread count")
+    for name in type_names:
+        q = iqkq.quantize(wf, name)
+        for th in threads_list:
+            for N in Ns:
+                t = median_time(lambda: iqkq.matmul(q, xs[N], threads=th), min_time=min_time)
+                r = dict(type=name, mode="hot", N=N, threads=th, rows=rows, K=K,
+                         iqkq_gflops=gflops(rows, K, N, t), numpy_gflops=gflops(rows, K, N, np_hot[(N, th)]),
+                         iqkq_s=t, numpy_s=np_hot[(N, th)])
+                r["ratio"] = r["iqkq_gflops"] / r["numpy_gflops"]
+                results.append(r)
+                if log:
+                    log(f"{name:>10} hot  N={N:<4d} t={th}  iqkq {r['iqkq_gflops']:8.1f} GFLOPS   "
+                        f"numpy f32 {r['numpy_gflops']:7.1f}   ratio {r['ratio']:6.2f}")
+            if cold and 1 in Ns:
+                ncopy = max(2, -(-cold_bytes // q.nbytes) + 1)
+                copies = [iqkq.QuantizedTensor(q.data.copy(), name, q.shape) for _ in range(ncopy)]
+                x1 = xs[1][0]
+                t = cold_rotation_time([(lambda c=c: iqkq.matmul(c, x1, threads=th)) for c in copies])
+                del copies
+                r = dict(type=name, mode="cold", N=1, threads=th, rows=rows, K=K, iqkq_s=t, numpy_s=np_cold[th],
+                         iqkq_gbps=q.nbytes / t / 1e9, numpy_gbps=wf.nbytes / np_cold[th] / 1e9,
+                         iqkq_gflops=gflops(rows, K, 1, t), numpy_gflops=gflops(rows, K, 1, np_cold[th]))
+                r["ratio"] = r["iqkq_gflops"] / r["numpy_gflops"]
+                results.append(r)
+                if log:
+                    log(f"{name:>10} cold N=1    t={th}  iqkq {r['iqkq_gbps']:6.2f} GB/s of weights "
+                        f"({r['iqkq_gflops']:5.1f} GFLOPS)   numpy f32 {r['numpy_gbps']:6.2f} GB/s "
+                        f"({r['numpy_gflops']:5.1f} GFLOPS)   weights/s ratio {r['ratio']:5.2f}")
+    return results
+
+
+def machine_summary() -> str:
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} CPUs, iqkq {iqkq.__version__} kernels={iqkq.isa()}, numpy {np.__version__}"
