@@ -19,8 +19,7 @@ namespace {
 
 template <typename T>
 const T* in_ptr(const py::array& a, size_t count, const char* what) {
-    if (!py::dtype::of<T>().is(a.dtype()) && a.dtype().itemsize() != (py::ssize_t)sizeof(T))
-        throw std::invalid_argument(std::string(what) + ": wrong dtype");
+    if (!py::dtype::of<T>().is(a.dtype())) throw std::invalid_argument(std::string(what) + ": wrong dtype");
     if (!(a.flags() & py::array::c_style)) throw std::invalid_argument(std::string(what) + ": not C-contiguous");
     if ((size_t)a.nbytes() < count * sizeof(T)) throw std::invalid_argument(std::string(what) + ": buffer too small");
     return static_cast<const T*>(a.data());
@@ -43,6 +42,10 @@ void check_shape(int type, int64_t rows, int64_t K) {
     const TypeTraits& t = kTypes[type];
     if (rows < 0 || K <= 0 || K % t.block_size != 0 || rows % t.interleave != 0)
         throw std::invalid_argument("invalid shape for type");
+}
+
+void check_op(int op) {
+    if (op != OP_RELU && op != OP_SILU && op != OP_GELU) throw std::invalid_argument("invalid unary op");
 }
 
 IsaIndex isa_from_name(const std::string& name) {
@@ -168,5 +171,42 @@ PYBIND11_MODULE(_core, m) {
             quantize_activations(act, xp, (size_t)K, N, K, o, 1);
         }
         return out;
+    });
+    m.def("fused_up_gate", [](int type, const py::array& up, const py::array& gate, int64_t nff, int64_t K,
+                              const py::array& x, int64_t N, py::array& y, int op, float limit, int nthreads) {
+        check_type(type);
+        check_shape(type, nff, K);
+        check_op(op);
+        const size_t wb = row_bytes(kTypes[type], K) * nff;
+        const uint8_t* u = in_ptr<uint8_t>(up, wb, "up");
+        const uint8_t* g = in_ptr<uint8_t>(gate, wb, "gate");
+        const float* xp = in_ptr<float>(x, (size_t)(N * K), "x");
+        float* yp = out_ptr<float>(y, (size_t)(N * nff), "y");
+        py::gil_scoped_release nogil;
+        dense_up_gate(type, u, g, nff, K, xp, N, yp, op, limit, nthreads);
+    });
+    m.def("moe_up_gate", [](int type, const py::array& up, const py::object& gate, int64_t E, int64_t nff, int64_t K,
+                            const py::array& x, bool per_slot, const py::array& ids, int64_t T, int64_t n_used,
+                            py::array& y, int op, float limit, int nthreads) {
+        check_type(type);
+        check_shape(type, nff, K);
+        check_op(op);
+        if (E < 0 || T < 0 || n_used < 0) throw std::invalid_argument("bad sizes");
+        const size_t wb = row_bytes(kTypes[type], K) * nff * E;
+        const uint8_t* u = in_ptr<uint8_t>(up, gate.is_none() ? 2 * wb : wb, "up");
+        const uint8_t* g = gate.is_none() ? nullptr : in_ptr<uint8_t>(gate.cast<py::array>(), wb, "gate");
+        const float* xp = in_ptr<float>(x, (size_t)((per_slot ? T * n_used : T) * K), "x");
+        const int32_t* ip = in_ptr<int32_t>(ids, (size_t)(T * n_used), "ids");
+        float* yp = out_ptr<float>(y, (size_t)(T * n_used * nff), "y");
+        py::gil_scoped_release nogil;
+        moe_up_gate(type, u, g, E, nff, K, xp, per_slot, ip, T, n_used, yp, op, limit, nthreads);
+    });
+    m.def("fused_act", [](const py::array& g, const py::array& u, int64_t n, int64_t simd_count, int op, float limit) {
+        check_op(op);
+        const float* gp = in_ptr<float>(g, (size_t)n, "g");
+        const float* up = in_ptr<float>(u, (size_t)n, "u");
+        py::array_t<float> y((py::ssize_t)n);
+        active().fused_act(gp, up, y.mutable_data(), n, simd_count, op, limit);
+        return y;
     });
 }

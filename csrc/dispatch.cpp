@@ -41,6 +41,7 @@ struct Registry {
 
     Registry() {
         register_scalar_act(tables[ISA_SCALAR]);
+        register_scalar_unary(tables[ISA_SCALAR]);
         register_scalar_q8_0(tables[ISA_SCALAR]);
         register_scalar_q8_k_r8(tables[ISA_SCALAR]);
         register_scalar_iq4_ks(tables[ISA_SCALAR]);
@@ -50,6 +51,7 @@ struct Registry {
 #if defined(IQKQ_HAVE_X86)
         if (supported[ISA_AVX2]) {
             register_avx2_act(tables[ISA_AVX2]);
+            register_avx2_unary(tables[ISA_AVX2]);
             register_avx2_q8_0(tables[ISA_AVX2]);
             register_avx2_q8_k_r8(tables[ISA_AVX2]);
             register_avx2_iq4_ks(tables[ISA_AVX2]);

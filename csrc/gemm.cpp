@@ -103,69 +103,205 @@ bool uses_large_batch(int type, int64_t rows, int64_t N, MatmulPath path) {
     return N >= 32 && rows >= 32 && rows % 8 == 0;
 }
 
+namespace {
+
+// How one weight matrix times a batch of activation rows is cut into tasks.
+//
+// Tasks are (row tile, column range) pairs. A row tile holds about 128 KiB of weights in the
+// layout the kernel reads (64 KiB for GEMV-like batches, which stream the weights once), so it
+// stays in L2 while the task walks its columns in chunks of kColChunk activation rows.
+// Columns are split across tasks only when there are too few row tiles to keep the threads
+// busy. The arithmetic of an output never depends on the split.
+struct Plan {
+    int type = 0, ktype = 0;
+    bool convert = false;
+    int G = 1;
+    size_t rb = 0, krb = 0, ab = 0;
+    int64_t rows = 0, K = 0, N = 0;
+    int64_t rt = 0, ct = 0, nrt = 0, nct = 0;
+    GemmFn gemm = nullptr;
+    RepackFn conv = nullptr;
+    int64_t ntasks() const { return nrt * nct; }
+};
+
+constexpr int64_t kColChunk = 64;
+
+Plan make_plan(int type, int64_t rows, int64_t K, int64_t N, int nthreads, bool convert) {
+    const KernelTables& kt = active();
+    Plan p;
+    p.type = type;
+    p.convert = convert;
+    p.ktype = convert ? kTypes[type].large_batch : type;
+    p.G = kTypes[p.ktype].interleave;
+    p.rb = row_bytes(kTypes[type], K);
+    p.krb = row_bytes(kTypes[p.ktype], K);
+    p.ab = act_row_bytes(kTypes[type].act, K);
+    p.rows = rows;
+    p.K = K;
+    p.N = N;
+    p.gemm = kt.types[p.ktype].gemm;
+    p.conv = convert ? kt.types[type].to_large_batch : nullptr;
+    const int64_t G = p.G;
+    int64_t rt = ((int64_t)((N <= 4 ? 64 : 128) * 1024) / (int64_t)p.krb) / G * G;
+    // At least 16 output rows per tile, so tasks on different threads never write into the
+    // same 64-byte line of the output (false sharing).
+    rt = std::max<int64_t>(rt, std::max<int64_t>(16, G));
+    if (convert) rt = std::max<int64_t>(8, rt / 8 * 8);
+    p.rt = std::min(rt, std::max<int64_t>(rows, 1));
+    p.nrt = ceil_div(rows, p.rt);
+    int64_t nct = 1;
+    if (p.nrt < 4 * nthreads && N > 8) nct = std::min<int64_t>(ceil_div(4 * nthreads, p.nrt), ceil_div(N, 8));
+    p.ct = std::max<int64_t>(1, ceil_div(N, nct));
+    p.nct = ceil_div(N, p.ct);
+    return p;
+}
+
+// Rows [r0, r0+nr) of W times activation rows [c0, c1) of A; output (column n, row r) goes
+// to out[(n - c0) * ldo + (r - r0)]. `scratch` holds rt * krb bytes for the conversion.
+void run_tile(const Plan& p, const uint8_t* W, const uint8_t* A, int64_t r0, int64_t nr, int64_t c0, int64_t c1,
+              float* out, size_t ldo, uint8_t* scratch) {
+    const uint8_t* wt = W + r0 * p.rb;
+    if (p.convert) {
+        p.conv(wt, scratch, nr, p.K);
+        wt = scratch;
+    }
+    for (int64_t n0 = c0; n0 < c1; n0 += kColChunk) {
+        GemmArgs a{p.K, wt, (size_t)p.G * p.krb, nr, A + n0 * p.ab, p.ab, std::min(kColChunk, c1 - n0),
+                   out + (n0 - c0) * ldo, ldo};
+        p.gemm(a);
+    }
+}
+
+}  // namespace
+
 void matmul(int type, const uint8_t* W, int64_t rows, int64_t K, const float* X, size_t x_stride, int64_t N,
             float* Y, int nthreads, MatmulPath path) {
     const TypeTraits& t = kTypes[type];
-    const KernelTables& kt = active();
-    const size_t ab = act_row_bytes(t.act, K);
-    const size_t rb = row_bytes(t, K);
     // Tiny problems: the pool's hand-off costs more than the work.
     if (rows * K * N < (int64_t)1 << 17) nthreads = 1;
-
+    const size_t ab = act_row_bytes(t.act, K);
     std::vector<uint8_t> act((size_t)N * ab);
     quantize_activations(t.act, X, x_stride, N, K, act.data(), nthreads);
 
-    // Work split, shared by both paths: tasks are (row tile, column range) pairs. A row tile
-    // holds about 128 KiB of weights (in the layout the kernel reads), so it stays in L2
-    // while the task walks its columns in chunks of kColChunk activation rows. Columns are
-    // split across tasks only when there are too few row tiles to keep every thread busy.
-    const bool convert = uses_large_batch(type, rows, N, path);
-    const int ktype = convert ? t.large_batch : type;
-    const TypeTraits& kt_traits = kTypes[ktype];
-    const int G = kt_traits.interleave;
-    const size_t krb = row_bytes(kt_traits, K);  // bytes per row in the kernel's layout
-    const GemmFn gemm = kt.types[ktype].gemm;
-    constexpr int64_t kColChunk = 64;
-    int64_t rt;  // rows per tile, a multiple of G
-    if (N <= 4) {
-        // GEMV-like: weights stream from memory once. ~64 KiB tiles balance the threads
-        // without much hand-out traffic.
-        rt = ((int64_t)(64 * 1024) / (int64_t)krb) / G * G;
-    } else {
-        rt = ((int64_t)(128 * 1024) / (int64_t)krb) / G * G;
-    }
-    // At least 16 output rows per tile: tasks on different threads then never write into
-    // the same 64-byte line of the output (false sharing).
-    rt = std::max<int64_t>(rt, std::max<int64_t>(16, G));
-    if (convert) rt = std::max<int64_t>(8, rt / 8 * 8);
-    rt = std::min(rt, rows);
-    const int64_t nrt = ceil_div(rows, rt);
-    int64_t nct = 1;
-    if (nrt < 4 * nthreads && N > 8) nct = std::min<int64_t>(ceil_div(4 * nthreads, nrt), ceil_div(N, 8));
-    const int64_t ct = ceil_div(N, nct);
-    const int64_t ntasks = nrt * ceil_div(N, ct);
-    const int nt = (int)std::min<int64_t>(std::max(1, nthreads), ntasks);
+    const Plan p = make_plan(type, rows, K, N, nthreads, uses_large_batch(type, rows, N, path));
+    const int nt = (int)std::min<int64_t>(std::max(1, nthreads), p.ntasks());
+    std::vector<uint8_t> scratch(p.convert ? (size_t)nt * p.rt * p.krb : 0);
+    parallel_for(nt, p.ntasks(), [&](int64_t task, int thread) {
+        const int64_t rti = task / p.nct, cti = task % p.nct;
+        const int64_t r0 = rti * p.rt, nr = std::min(p.rt, rows - r0);
+        const int64_t c0 = cti * p.ct, c1 = std::min(N, c0 + p.ct);
+        run_tile(p, W, act.data(), r0, nr, c0, c1, Y + c0 * rows + r0, (size_t)rows,
+                 p.convert ? scratch.data() + (size_t)thread * p.rt * p.krb : nullptr);
+    });
+}
 
-    std::vector<uint8_t> scratch;
-    const RepackFn conv = convert ? kt.types[type].to_large_batch : nullptr;
-    if (convert) scratch.resize((size_t)nt * rt * krb);
-    const int64_t ncol_tasks = ceil_div(N, ct);
-    parallel_for(nt, ntasks, [&](int64_t task, int thread) {
-        const int64_t rti = task / ncol_tasks, cti = task % ncol_tasks;
-        const int64_t r0 = rti * rt, nr = std::min(rt, rows - r0);
-        const int64_t c0 = cti * ct, c1 = std::min(N, c0 + ct);
-        const uint8_t* wt = W + r0 * rb;
-        if (convert) {
-            uint8_t* buf = scratch.data() + (size_t)thread * rt * krb;
-            conv(wt, buf, nr, K);
-            wt = buf;
+void fused_up_gate(int type, const FusedExpert* experts, int64_t n_experts, int64_t nff, int64_t K, int op, float limit,
+                   float* Y, int nthreads) {
+    const KernelTables& kt = active();
+    const FusedActFn act_fn = kt.fused_act;
+    // Outputs in the last nff % 8 rows of each expert use the scalar libm formulas, as in
+    // ik_llama.cpp single-threaded (its tiles start at multiples of 8); every other output
+    // uses the 8-lane formulas. This makes the result independent of the thread split.
+    const int64_t simd_end = nff - nff % 8;
+    int64_t total = 0;
+    for (int64_t e = 0; e < n_experts; ++e) total += experts[e].ny;
+    if (nff * K * total < (int64_t)1 << 16) nthreads = 1;
+
+    std::vector<Plan> plans((size_t)n_experts);
+    std::vector<int64_t> first_task((size_t)n_experts + 1, 0);
+    int64_t rt_max = 0, ct_max = 0;
+    size_t krb_max = 0;
+    for (int64_t e = 0; e < n_experts; ++e) {
+        const int64_t ny = experts[e].ny;
+        if (ny > 0) {
+            plans[e] = make_plan(type, nff, K, ny, nthreads, uses_large_batch(type, nff, ny, MatmulPath::Auto));
+            rt_max = std::max(rt_max, plans[e].rt);
+            ct_max = std::max(ct_max, std::min<int64_t>(plans[e].ct, ny));
+            if (plans[e].convert) krb_max = std::max(krb_max, plans[e].krb);
         }
-        for (int64_t n0 = c0; n0 < c1; n0 += kColChunk) {
-            GemmArgs a{K, wt, (size_t)G * krb, nr, act.data() + n0 * ab, ab, std::min(kColChunk, c1 - n0),
-                       Y + n0 * rows + r0, (size_t)rows};
-            gemm(a);
+        first_task[e + 1] = first_task[e] + (ny > 0 ? plans[e].ntasks() : 0);
+    }
+    const int64_t ntasks = first_task[n_experts];
+    if (ntasks == 0) return;
+    const int nt = (int)std::min<int64_t>(std::max(1, nthreads), ntasks);
+    // Per thread: gate and up results of one tile (rows x columns) and conversion space.
+    const size_t tile_floats = (size_t)rt_max * (size_t)ct_max;
+    const size_t conv_bytes = (size_t)rt_max * krb_max;
+    std::vector<float> gu((size_t)nt * 2 * tile_floats);
+    std::vector<uint8_t> scratch((size_t)nt * conv_bytes);
+    parallel_for(nt, ntasks, [&](int64_t task, int thread) {
+        int64_t e = std::upper_bound(first_task.begin(), first_task.end(), task) - first_task.begin() - 1;
+        const Plan& p = plans[e];
+        const FusedExpert& x = experts[e];
+        const int64_t local = task - first_task[e];
+        const int64_t rti = local / p.nct, cti = local % p.nct;
+        const int64_t r0 = rti * p.rt, nr = std::min(p.rt, nff - r0);
+        const int64_t c0 = cti * p.ct, c1 = std::min(x.ny, c0 + p.ct);
+        float* g = gu.data() + (size_t)thread * 2 * tile_floats;
+        float* u = g + tile_floats;
+        uint8_t* sc = scratch.data() + (size_t)thread * conv_bytes;
+        run_tile(p, x.gate, x.act, r0, nr, c0, c1, g, (size_t)nr, sc);
+        run_tile(p, x.up, x.act, r0, nr, c0, c1, u, (size_t)nr, sc);
+        const int64_t simd = std::max<int64_t>(0, std::min(nr, simd_end - r0));
+        for (int64_t n = c0; n < c1; ++n) {
+            const int64_t out_row = x.out_rows ? x.out_rows[n] : n;
+            act_fn(g + (n - c0) * nr, u + (n - c0) * nr, Y + out_row * nff + r0, nr, simd, op, limit);
         }
     });
+}
+
+void dense_up_gate(int type, const uint8_t* up, const uint8_t* gate, int64_t nff, int64_t K, const float* X, int64_t N,
+                   float* Y, int op, float limit, int nthreads) {
+    const size_t ab = act_row_bytes(kTypes[type].act, K);
+    std::vector<uint8_t> act((size_t)N * ab);
+    quantize_activations(kTypes[type].act, X, (size_t)K, N, K, act.data(), nthreads);
+    const FusedExpert e{gate, up, act.data(), N, nullptr};
+    fused_up_gate(type, &e, 1, nff, K, op, limit, Y, nthreads);
+}
+
+void moe_up_gate(int type, const uint8_t* up, const uint8_t* gate, int64_t E, int64_t nff, int64_t K, const float* X,
+                 bool per_slot, const int32_t* ids, int64_t T, int64_t n_used, float* Y, int op, float limit,
+                 int nthreads) {
+    const size_t ab = act_row_bytes(kTypes[type].act, K);
+    const size_t rb = row_bytes(kTypes[type], K);
+    const int64_t nx = per_slot ? T * n_used : T;
+    std::vector<uint8_t> act((size_t)nx * ab);
+    quantize_activations(kTypes[type].act, X, (size_t)K, nx, K, act.data(), nthreads);
+    // Route the (token, slot) pairs: expert e sees its pairs in token order, as ggml's
+    // mul_mat_id does; pairs with an id outside [0, E) produce zeros.
+    std::vector<int64_t> count((size_t)E, 0);
+    for (int64_t p = 0; p < T * n_used; ++p) {
+        const int32_t e = ids[p];
+        if (e >= 0 && e < E) ++count[(size_t)e];
+        else std::memset(Y + p * nff, 0, (size_t)nff * sizeof(float));
+    }
+    std::vector<int64_t> start((size_t)E + 1, 0);
+    for (int64_t e = 0; e < E; ++e) start[e + 1] = start[e] + count[e];
+    std::vector<int64_t> out_rows((size_t)start[E]);
+    std::vector<uint8_t> gathered((size_t)start[E] * ab);
+    std::vector<int64_t> fill(start.begin(), start.end() - 1);
+    for (int64_t p = 0; p < T * n_used; ++p) {
+        const int32_t e = ids[p];
+        if (e < 0 || e >= E) continue;
+        const int64_t slot = fill[e]++;
+        out_rows[slot] = p;
+        const int64_t xrow = per_slot ? p : p / n_used;
+        std::memcpy(gathered.data() + slot * ab, act.data() + xrow * ab, ab);
+    }
+    std::vector<FusedExpert> experts;
+    for (int64_t e = 0; e < E; ++e) {
+        if (count[e] == 0) continue;
+        const uint8_t *g, *u;
+        if (gate) {
+            g = gate + (size_t)e * nff * rb;
+            u = up + (size_t)e * nff * rb;
+        } else {  // merged tensor: per expert 2*nff rows, gate rows first
+            g = up + (size_t)e * 2 * nff * rb;
+            u = g + (size_t)nff * rb;
+        }
+        experts.push_back({g, u, gathered.data() + start[e] * ab, count[e], out_rows.data() + start[e]});
+    }
+    fused_up_gate(type, experts.data(), (int64_t)experts.size(), nff, K, op, limit, Y, nthreads);
 }
 
 }  // namespace iqkq

@@ -32,6 +32,33 @@ bool uses_large_batch(int type, int64_t rows, int64_t N, MatmulPath path);
 void matmul(int type, const uint8_t* W, int64_t rows, int64_t K, const float* X, size_t x_stride, int64_t N,
             float* Y, int nthreads, MatmulPath path);
 
+// One expert (or the single dense matrix) of the fused up+gate op: `ny` quantized
+// activation rows (in the type's activation format, contiguous) times the gate and up
+// weights (nff rows each). Output row n (nff floats) goes to Y row out_rows[n] (or n).
+struct FusedExpert {
+    const uint8_t* gate;
+    const uint8_t* up;
+    const uint8_t* act;
+    int64_t ny;
+    const int64_t* out_rows;
+};
+
+// Y[row] = clampU(up . x) * min(act(gate . x), limit), FORMATS.md §12.1, for all experts in
+// one parallel region. The large-batch conversion follows matmul's rule per expert (ny >= 32).
+void fused_up_gate(int type, const FusedExpert* experts, int64_t n_experts, int64_t nff, int64_t K, int op, float limit,
+                   float* Y, int nthreads);
+
+// Dense fused op: X is N x K floats, Y is N x nff.
+void dense_up_gate(int type, const uint8_t* up, const uint8_t* gate, int64_t nff, int64_t K, const float* X, int64_t N,
+                   float* Y, int op, float limit, int nthreads);
+
+// MoE fused op over E stacked experts (gate == nullptr: `up` is the merged tensor with 2*nff
+// rows per expert, gate rows first). X is T x K (shared by a token's slots) or T*n_used x K
+// (per_slot); ids is T x n_used; Y is T x n_used x nff.
+void moe_up_gate(int type, const uint8_t* up, const uint8_t* gate, int64_t E, int64_t nff, int64_t K, const float* X,
+                 bool per_slot, const int32_t* ids, int64_t T, int64_t n_used, float* Y, int op, float limit,
+                 int nthreads);
+
 // Quantize activation rows (exposed for tests): N rows of K floats -> N * act_row_bytes.
 void quantize_activations(int act, const float* X, size_t x_stride, int64_t N, int64_t K, uint8_t* dst, int nthreads);
 

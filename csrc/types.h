@@ -107,10 +107,20 @@ inline size_t act_row_bytes(ActIndex a, int64_t K) {
     return (size_t)kActs[a].type_size * (size_t)(K / kActs[a].block_size);
 }
 
+// Unary ops of the fused up+gate op (values = ggml's enum ggml_unary_op).
+enum UnaryOp : int { OP_RELU = 6, OP_SILU = 10, OP_GELU = 15 };
+
+// y[i] = clampU(u[i]) * min(act(g[i]), limit) for i < n (FORMATS.md §12.1). Elements with
+// i < simd_count use ik_llama.cpp's 8-lane formulas (v_expf), the rest its scalar libm
+// formulas; limit <= 1e-6 means no limit.
+using FusedActFn = void (*)(const float* g, const float* u, float* y, int64_t n, int64_t simd_count, int op,
+                            float limit);
+
 // The kernel tables, one per ISA; filled once by dispatch.cpp.
 struct KernelTables {
     TypeKernels types[T_COUNT];
     ActQuantFn act_quant[A_COUNT] = {};
+    FusedActFn fused_act = nullptr;
 };
 
 // Tables of the given ISA with scalar fallbacks filled in; `active()` is the one in use.
@@ -126,12 +136,14 @@ const char* isa_name(IsaIndex isa);
 bool type_available(int type);
 
 void register_scalar_act(KernelTables& t);
+void register_scalar_unary(KernelTables& t);
 void register_scalar_q8_0(KernelTables& t);
 void register_scalar_q8_k_r8(KernelTables& t);
 void register_scalar_iq4_ks(KernelTables& t);
 void register_scalar_iq3_xxs(KernelTables& t);
 #if defined(IQKQ_HAVE_X86)
 void register_avx2_act(KernelTables& t);
+void register_avx2_unary(KernelTables& t);
 void register_avx2_q8_0(KernelTables& t);
 void register_avx2_q8_k_r8(KernelTables& t);
 void register_avx2_iq4_ks(KernelTables& t);

@@ -13,6 +13,8 @@ See ``iqkq.types()`` for the supported types.
 from ._types import TypeInfo, type_info, types
 from .ops import (
     dequantize,
+    fused_up_gate,
+    moe_up_gate,
     get_num_threads,
     isa,
     matmul,
@@ -29,9 +31,11 @@ __all__ = [
     "QuantizedTensor",
     "TypeInfo",
     "dequantize",
+    "fused_up_gate",
     "get_num_threads",
     "isa",
     "matmul",
+    "moe_up_gate",
     "quantize",
     "repack",
     "set_isa",

@@ -23,6 +23,8 @@ __all__ = [
     "get_num_threads",
     "isa",
     "set_isa",
+    "fused_up_gate",
+    "moe_up_gate",
 ]
 
 _PATHS = {"auto": 0, "direct": 1, "repack": 2}
@@ -249,7 +251,9 @@ def matmul(w: QuantizedTensor, x, *, threads: Optional[int] = None, path: str = 
             differences). ``"direct"`` / ``"repack"`` force one path.
 
     Returns:
-        float32 array of shape ``(rows,)`` for 1-D ``x``, else ``(N, rows)``.
+        float32 array of shape ``(rows,)`` for 1-D ``x``, else ``(N, rows)``. A 3-D ``w``
+        (``n_expert`` stacked matrices) gives ``(n_expert, rows)`` / ``(n_expert, N, rows)``;
+        then ``x`` may also be ``(n_expert, N, K)``, one batch per expert.
 
     Example:
         >>> w = np.random.default_rng(0).standard_normal((64, 256), dtype=np.float32)
@@ -262,8 +266,8 @@ def matmul(w: QuantizedTensor, x, *, threads: Optional[int] = None, path: str = 
         _require_qt(w, "w")
     t = w._info
     shape = w._shape
-    if len(shape) != 2:
-        raise ValueError(f"matmul needs a 2-D weight tensor (rows, K), got shape {shape}")
+    if len(shape) == 3:
+        return _matmul_stacked(w, x, threads, path)
     rows, K = shape
     if type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous:
         xa = x
@@ -288,3 +292,183 @@ def matmul(w: QuantizedTensor, x, *, threads: Optional[int] = None, path: str = 
     y = np.empty((N, rows), dtype=np.float32)
     _core.matmul(t.index, w._data, rows, K, xa, N, y, _num_threads if threads is None else _check_threads(threads), p)
     return y[0] if nd == 1 else y
+
+
+def _expert(w: QuantizedTensor, e: int) -> QuantizedTensor:
+    E, rows, K = w.shape
+    n = w.nbytes // E
+    return QuantizedTensor(w.data[e * n:(e + 1) * n], w.type_info, (rows, K))
+
+
+def _matmul_stacked(w: QuantizedTensor, x, threads, path) -> np.ndarray:
+    E, rows, K = w.shape
+    xa = _as_float32(x, "x")
+    if xa.ndim == 3:
+        if xa.shape[0] != E or xa.shape[2] != K:
+            raise ValueError(f"for stacked weights {w.shape}, a 3-D x must be (n_expert, N, K) = ({E}, N, {K}), "
+                             f"got {xa.shape}")
+        return np.stack([matmul(_expert(w, e), xa[e], threads=threads, path=path) for e in range(E)]) if E else \
+            np.empty((0, xa.shape[1], rows), np.float32)
+    if xa.ndim not in (1, 2):
+        raise ValueError(f"x must be (K,), (N, K) or (n_expert, N, K), got shape {xa.shape}")
+    out = [matmul(_expert(w, e), xa, threads=threads, path=path) for e in range(E)]
+    return np.stack(out) if E else np.empty((0,) + xa.shape[:-1] + (rows,), np.float32)
+
+
+# ----------------------------------------------------------------------------- fused up + gate
+_ACTS = {"silu": 10, "gelu": 15, "relu": 6}
+
+
+def _check_act(act, limit):
+    op = _ACTS.get(act.lower()) if isinstance(act, str) else None
+    if op is None:
+        raise ValueError(f"act must be one of {sorted(_ACTS)}, got {act!r}")
+    if limit is None:
+        lim = 0.0
+    else:
+        try:
+            lim = float(limit)
+        except (TypeError, ValueError):
+            raise TypeError(f"limit must be a number or None, not {type(limit).__name__}") from None
+        if not np.isfinite(lim) or lim <= 0:
+            raise ValueError(f"limit must be a positive finite number or None, got {limit!r}")
+    return op, lim
+
+
+def _check_pair(up, gate):
+    _require_qt(up, "up")
+    _require_qt(gate, "gate")
+    if up.qtype != gate.qtype:
+        raise TypeError(
+            f"up and gate must have the same quantization type, got up={up.qtype} and gate={gate.qtype}; "
+            f"re-quantize one of them (iqkq.quantize) or convert it with iqkq.repack where the types are twins"
+        )
+    if up.shape != gate.shape:
+        raise ValueError(f"up and gate must have the same shape, got up.shape={up.shape} and gate.shape={gate.shape}")
+
+
+def fused_up_gate(up: QuantizedTensor, gate: QuantizedTensor, x, *, act: str = "silu", limit=None,
+                  threads: Optional[int] = None) -> np.ndarray:
+    """The gated feed-forward product ``act(x @ gate.T) * (x @ up.T)`` in one pass.
+
+    ``x`` is quantized once (to the weight type's activation format) and both products are
+    computed by the same kernels as :func:`matmul`, tile by tile, with the activation applied
+    while the tile is in cache -- the arithmetic of ik_llama.cpp's ``ggml_fused_up_gate``
+    (FORMATS.md §12.1): SILU / GELU use ik_llama.cpp's 8-lane exp formulas (the last
+    ``N_ff % 8`` outputs its scalar libm formulas), RELU is ``max(g, 0)``.
+
+    Args:
+        up, gate: QuantizedTensors of the same type and shape ``(N_ff, K)``.
+        x: activations ``(K,)`` or ``(N, K)``.
+        act: ``"silu"`` (default), ``"gelu"`` or ``"relu"``.
+        limit: optional positive clamp: ``act(g)`` is capped at ``limit`` and ``x @ up.T``
+            clamped to ``[-limit, limit]`` (the SwiGLU limit of some models).
+        threads: threads to use (default ``get_num_threads()``); results do not depend on it.
+
+    Returns:
+        float32 ``(N_ff,)`` for 1-D ``x``, else ``(N, N_ff)``.
+
+    Raises:
+        TypeError: up and gate have different types (re-quantize or repack one of them).
+        ValueError: different shapes, x of the wrong width, unknown act.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> up = iqkq.quantize(rng.standard_normal((64, 256)), "q8_0")
+        >>> gate = iqkq.quantize(rng.standard_normal((64, 256)), "q8_0")
+        >>> iqkq.fused_up_gate(up, gate, np.ones((3, 256))).shape
+        (3, 64)
+    """
+    _check_pair(up, gate)
+    if up.ndim != 2:
+        raise ValueError(f"fused_up_gate needs 2-D weights (N_ff, K), got shape {up.shape}; use moe_up_gate for experts")
+    op, lim = _check_act(act, limit)
+    t = up.type_info
+    nff, K = up.shape
+    xa = _as_float32(x, "x")
+    if xa.ndim not in (1, 2):
+        raise ValueError(f"x must be 1-D (K,) or 2-D (N, K), got shape {xa.shape}")
+    if xa.shape[-1] != K:
+        raise ValueError(f"{t.name}: x has {xa.shape[-1]} columns but the weights have K={K} (shape {up.shape})")
+    x2 = xa.reshape(-1, K)
+    N = x2.shape[0]
+    y = np.empty((N, nff), dtype=np.float32)
+    if N and nff:
+        _core.fused_up_gate(t.index, up.data, gate.data, nff, K, x2, N, y, op, lim, _check_threads(threads))
+    return y[0] if xa.ndim == 1 else y
+
+
+def moe_up_gate(up: QuantizedTensor, gate: Optional[QuantizedTensor], x, expert_ids, *, act: str = "silu",
+                limit=None, threads: Optional[int] = None) -> np.ndarray:
+    """Fused up+gate for mixture-of-experts layers (ggml's ``mul_mat_id`` routing).
+
+    Token ``t``'s slot ``s`` uses expert ``e = expert_ids[t, s]``:
+    ``y[t, s] = act(x_t @ gate[e].T) * (x_t @ up[e].T)``. Every expert multiplies all the
+    tokens routed to it at once (with the large-batch weight conversion when 32 or more hit
+    it, as ik_llama.cpp does), so a token's result can depend on how many other tokens share
+    its expert -- exactly as in ik_llama.cpp.
+
+    Args:
+        up: QuantizedTensor ``(n_expert, N_ff, K)``; or, with ``gate=None``, the merged
+            tensor ``(n_expert, 2 * N_ff, K)`` whose first ``N_ff`` rows per expert are the gate
+            rows (ik_llama.cpp's ``ffn_up_gate_exps``).
+        gate: QuantizedTensor ``(n_expert, N_ff, K)`` of the same type as ``up``, or None.
+        x: ``(T, K)`` (shared by a token's slots) or ``(T, n_used, K)``.
+        expert_ids: integer array ``(T, n_used)``; ``-1`` means no expert (the output is 0).
+        act, limit, threads: as in :func:`fused_up_gate`.
+
+    Returns:
+        float32 ``(T, n_used, N_ff)``.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> up = iqkq.quantize(rng.standard_normal((4, 32, 256)), "q8_0")
+        >>> gate = iqkq.quantize(rng.standard_normal((4, 32, 256)), "q8_0")
+        >>> ids = np.array([[0, 2], [3, -1]])
+        >>> iqkq.moe_up_gate(up, gate, np.ones((2, 256)), ids).shape
+        (2, 2, 32)
+    """
+    _require_qt(up, "up")
+    if gate is not None:
+        _check_pair(up, gate)
+    if up.ndim != 3:
+        raise ValueError(f"moe_up_gate needs 3-D expert weights (n_expert, N_ff, K), got up.shape={up.shape}")
+    op, lim = _check_act(act, limit)
+    t = up.type_info
+    E, rows, K = up.shape
+    if gate is None:
+        if rows % 2:
+            raise ValueError(f"a merged up/gate tensor needs an even number of rows per expert, got {rows}")
+        nff = rows // 2
+        if nff % t.interleave:
+            raise ValueError(
+                f"{t.name}: the gate and up halves of a merged tensor must each be a multiple of "
+                f"{t.interleave} rows, got N_ff={nff}")
+    else:
+        nff = rows
+    ids = np.asarray(expert_ids)
+    if ids.dtype.kind not in "iu" and not (ids.dtype.kind == "f" and ids.size == 0):
+        raise TypeError(f"expert_ids must be an integer array, got dtype {ids.dtype}")
+    if ids.ndim != 2:
+        raise ValueError(f"expert_ids must have shape (T, n_used), got {ids.shape}")
+    T, n_used = ids.shape
+    if ids.size and (ids.min() < -1 or ids.max() >= E):
+        bad = ids[(ids < -1) | (ids >= E)].ravel()[0]
+        raise ValueError(f"expert_ids must be in [-1, {E}) (n_expert={E}; -1 = no expert), found {int(bad)}")
+    ids32 = np.ascontiguousarray(ids, dtype=np.int32)
+    xa = _as_float32(x, "x")
+    if xa.ndim == 2:
+        per_slot = False
+        if xa.shape != (T, K):
+            raise ValueError(f"x must have shape (T, K) = ({T}, {K}) or (T, n_used, K), got {xa.shape}")
+    elif xa.ndim == 3:
+        per_slot = True
+        if xa.shape != (T, n_used, K):
+            raise ValueError(f"x must have shape (T, n_used, K) = ({T}, {n_used}, {K}) or (T, K), got {xa.shape}")
+    else:
+        raise ValueError(f"x must be (T, K) or (T, n_used, K), got shape {xa.shape}")
+    y = np.empty((T, n_used, nff), dtype=np.float32)
+    if y.size:
+        _core.moe_up_gate(t.index, up.data, None if gate is None else gate.data, E, nff, K, xa, per_slot, ids32, T,
+                          n_used, y, op, lim, _check_threads(threads))
+    return y
