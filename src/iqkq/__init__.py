@@ -24,6 +24,7 @@ from .ops import (
     set_num_threads,
 )
 from .tensor import QuantizedTensor
+from . import gguf  # noqa: E402  (GGUF read / write)
 
 __version__ = "0.1.0"
 
