@@ -34,9 +34,26 @@ bool detect_avx2() {
 #endif
 }
 
+// AVX512-VNNI and AVX512-VL (for VPDPBUSD on YMM registers), with the OS saving the AVX-512
+// state (EVEX-encoded instructions fault otherwise, even on YMM registers).
+bool detect_vnni() {
+#if defined(IQKQ_HAVE_X86)
+    if (!detect_avx2()) return false;
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if ((lo & 0xe6u) != 0xe6u) return false;
+    unsigned a, b, c, d;
+    __cpuid_count(7, 0, a, b, c, d);
+    const bool avx512f = b & (1u << 16), avx512vl = b & (1u << 31), vnni = c & (1u << 11);
+    return avx512f && avx512vl && vnni;
+#else
+    return false;
+#endif
+}
+
 struct Registry {
     KernelTables tables[ISA_COUNT];
-    bool supported[ISA_COUNT] = {true, false};
+    bool supported[ISA_COUNT] = {true, false, false};
     IsaIndex active = ISA_SCALAR;
 
     Registry() {
@@ -58,9 +75,15 @@ struct Registry {
             register_avx2_iq3_xxs(tables[ISA_AVX2]);
         }
 #endif
-        active = supported[ISA_AVX2] ? ISA_AVX2 : ISA_SCALAR;
+        supported[ISA_VNNI] = detect_vnni();
+        tables[ISA_VNNI] = tables[ISA_AVX2];
+#if defined(IQKQ_HAVE_X86)
+        if (supported[ISA_VNNI]) register_vnni_q8_r8(tables[ISA_VNNI]);
+#endif
+        active = supported[ISA_VNNI] ? ISA_VNNI : supported[ISA_AVX2] ? ISA_AVX2 : ISA_SCALAR;
         if (const char* env = std::getenv("IQKQ_ISA")) {
             if (std::strcmp(env, "scalar") == 0) active = ISA_SCALAR;
+            if (std::strcmp(env, "avx2") == 0 && supported[ISA_AVX2]) active = ISA_AVX2;
         }
     }
 };
@@ -81,6 +104,6 @@ bool type_available(int type) {
     const TypeKernels& k = registry().tables[ISA_SCALAR].types[type];
     return k.quantize && k.dequantize && k.gemm;
 }
-const char* isa_name(IsaIndex isa) { return isa == ISA_AVX2 ? "avx2" : "scalar"; }
+const char* isa_name(IsaIndex isa) { return isa == ISA_VNNI ? "avx512vnni" : isa == ISA_AVX2 ? "avx2" : "scalar"; }
 
 }  // namespace iqkq

@@ -227,8 +227,9 @@ def test_activation_scalar_avx2_agree(op):
             res[name] = [_core.fused_act(g, u, n, n - 13, OPS[op], lim) for lim in (0.0, 7.0)]
         finally:
             iqkq.set_isa(prev)
-    for a, b in zip(res["scalar"], res["avx2"]):
-        np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
+    for name in ISAS[1:]:
+        for a, b in zip(res["scalar"], res[name]):
+            np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32), err_msg=name)
     # and the 8-lane formulas are accurate
     y = res["scalar"][0][: n - 13].astype(np.float64)
     g64, u64 = g[: n - 13].astype(np.float64), u[: n - 13].astype(np.float64)

@@ -87,8 +87,9 @@ def test_scalar_avx2_agree(qtype, K):
             return out
 
         res[name] = with_isa(name, run)
-    for a, b in zip(res["scalar"], res["avx2"]):
-        np.testing.assert_array_equal(np.asarray(a).view(np.uint8), np.asarray(b).view(np.uint8))
+    for name in ISAS[1:]:
+        for a, b in zip(res["scalar"], res[name]):
+            np.testing.assert_array_equal(np.asarray(a).view(np.uint8), np.asarray(b).view(np.uint8), err_msg=name)
 
 
 @pytest.mark.parametrize("qtype", Q8)

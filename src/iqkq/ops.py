@@ -69,12 +69,13 @@ def _check_threads(n) -> int:
 
 
 def isa() -> str:
-    """The kernel set in use: ``"avx2"`` or ``"scalar"``."""
+    """The kernel set in use: ``"avx512vnni"`` (AVX2 kernels with VNNI int8 dot products,
+    picked when the CPU has AVX512-VNNI/VL), ``"avx2"`` or ``"scalar"``."""
     return _core.isa()
 
 
 def set_isa(name: str) -> None:
-    """Switch the kernel set (``"avx2"`` or ``"scalar"``) for this process.
+    """Switch the kernel set (``"avx512vnni"``, ``"avx2"`` or ``"scalar"``) for this process.
 
     Raises ValueError if the name is unknown or the CPU does not support it. Results of the
     two sets are identical (the scalar set is the reference the SIMD set is tested against).
