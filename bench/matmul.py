@@ -25,10 +25,12 @@ def main(argv=None):
     p.add_argument("-K", type=int, default=4096)
     p.add_argument("--no-cold", action="store_true")
     p.add_argument("--min-time", type=float, default=0.3, help="seconds of timed runs per figure")
+    p.add_argument("--torch", action="store_true",
+                   help="also time PyTorch float32 linear and fbgemm dynamic int8 Linear, when torch is installed")
     p.add_argument("--json", help="write the results to this file")
     a = p.parse_args(argv)
     print(f"# {machine_summary()}; W = {a.rows} x {a.K}")
-    res = matmul_sweep(a.types, a.ns, a.threads, a.rows, a.K, cold=not a.no_cold, min_time=a.min_time)
+    res = matmul_sweep(a.types, a.ns, a.threads, a.rows, a.K, cold=not a.no_cold, min_time=a.min_time, torch=a.torch)
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"machine": machine_summary(), "results": res}, f, indent=1)

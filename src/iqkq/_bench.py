@@ -98,10 +98,42 @@ def gflops(rows: int, K: int, N: int, seconds: float) -> float:
     return 2.0 * rows * K * N / seconds / 1e9
 
 
+# ----------------------------------------------------------------------------- optional peers
+def torch_peers(wf: np.ndarray):
+    """PyTorch peers if torch is installed: float32 F.linear and the fbgemm dynamic int8
+    Linear (per-tensor int8 weights, activations quantized per call). Returns
+    {name: (set_threads, make_fn(x) -> callable)} or {}."""
+    try:
+        import torch  # type: ignore
+    except Exception:
+        return {}
+    peers = {}
+    W = torch.from_numpy(wf)
+    lin = torch.nn.Linear(wf.shape[1], wf.shape[0], bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(W)
+    peers["torch f32"] = (torch.set_num_threads, lambda x: (lambda xt=torch.from_numpy(x): torch.nn.functional.linear(xt, W)))
+    try:
+        torch.backends.quantized.engine = "fbgemm"
+        qlin = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear}, dtype=torch.qint8)
+
+        def make(x, qlin=qlin):
+            xt = torch.from_numpy(x)
+
+            def run():
+                with torch.no_grad():
+                    return qlin(xt)
+            return run
+        peers["torch int8 (fbgemm)"] = (torch.set_num_threads, make)
+    except Exception:
+        pass
+    return peers
+
+
 # ----------------------------------------------------------------------------- matmul sweep
 def matmul_sweep(type_names: List[str], Ns: List[int], threads_list: List[int], rows: int, K: int, *,
                  cold: bool = True, cold_bytes: int = 256 << 20, seed: int = 0,
-                 log: Optional[Callable[[str], None]] = print, min_time: float = 0.3) -> List[Dict]:
+                 log: Optional[Callable[[str], None]] = print, min_time: float = 0.3, torch: bool = False) -> List[Dict]:
     """Time iqkq.matmul for each type / N / thread count beside numpy float32 x @ W.T."""
     rng = np.random.default_rng(seed)
     wf = rng.standard_normal((rows, K), dtype=np.float32)
@@ -123,6 +155,19 @@ def matmul_sweep(type_names: List[str], Ns: List[int], threads_list: List[int], 
                 del copies
         if not ok and log:
             log("note: could not limit numpy's BLAS threads; numpy uses its default thread count")
+    if torch:
+        for pname, (set_threads, make) in torch_peers(wf).items():
+            for th in threads_list:
+                set_threads(th)
+                for N in Ns:
+                    t = median_time(make(xs[N]), min_time=min_time)
+                    r = dict(type=pname, mode="peer", N=N, threads=th, rows=rows, K=K, peer_gflops=gflops(rows, K, N, t),
+                             numpy_gflops=gflops(rows, K, N, np_hot[(N, th)]), peer_s=t)
+                    r["ratio"] = r["peer_gflops"] / r["numpy_gflops"]
+                    results.append(r)
+                    if log:
+                        log(f"{pname:>22} N={N:<4d} t={th}  {r['peer_gflops']:8.1f} GFLOPS   "
+                            f"numpy f32 {r['numpy_gflops']:7.1f}   ratio {r['ratio']:6.2f}")
     for name in type_names:
         q = iqkq.quantize(wf, name)
         for th in threads_list:
