@@ -468,15 +468,34 @@ void gemm_iq4_ks_cols(const GemmArgs& g, int64_t n0) {
     }
 }
 
-void gemm_iq4_ks(const GemmArgs& g) {
-    int64_t n = 0;
-    for (; n + 4 <= g.ncols; n += 4) gemm_iq4_ks_cols<4>(g, n);
-    switch (g.ncols - n) {
-        case 3: gemm_iq4_ks_cols<3>(g, n); break;
-        case 2: gemm_iq4_ks_cols<2>(g, n); break;
-        case 1: gemm_iq4_ks_cols<1>(g, n); break;
-        default: break;
+// Wide batches: split the rows into tiles of ~32 KiB of weights and run all column blocks
+// on one tile before the next, so the weights are re-read from L1/L2, not from L3/DRAM.
+template <typename Fn>
+inline void for_row_tiles(const GemmArgs& g, int interleave, Fn&& fn) {
+    const int64_t groups = g.nrows / interleave;
+    int64_t tile = (32 * 1024) / (int64_t)g.w_group_bytes;
+    if (tile < 1) tile = 1;
+    if (g.ncols <= 4) tile = groups;
+    for (int64_t g0 = 0; g0 < groups; g0 += tile) {
+        GemmArgs s = g;
+        s.W = g.W + g0 * g.w_group_bytes;
+        s.nrows = (g0 + tile <= groups ? tile : groups - g0) * interleave;
+        s.C = g.C + g0 * interleave;
+        fn(s);
     }
+}
+
+void gemm_iq4_ks(const GemmArgs& g) {
+    for_row_tiles(g, 1, [](const GemmArgs& t) {
+        int64_t n = 0;
+        for (; n + 4 <= t.ncols; n += 4) gemm_iq4_ks_cols<4>(t, n);
+        switch (t.ncols - n) {
+            case 3: gemm_iq4_ks_cols<3>(t, n); break;
+            case 2: gemm_iq4_ks_cols<2>(t, n); break;
+            case 1: gemm_iq4_ks_cols<1>(t, n); break;
+            default: break;
+        }
+    });
 }
 
 // Kernel (G) for NC columns. Lane l <-> row l%4, elements 16h..16h+15 (h = l/4) of each block.
@@ -564,14 +583,16 @@ void gemm_iq4_ks_r4_cols(const GemmArgs& g, int64_t n0) {
 }
 
 void gemm_iq4_ks_r4(const GemmArgs& g) {
-    int64_t n = 0;
-    for (; n + 4 <= g.ncols; n += 4) gemm_iq4_ks_r4_cols<4>(g, n);
-    switch (g.ncols - n) {
-        case 3: gemm_iq4_ks_r4_cols<3>(g, n); break;
-        case 2: gemm_iq4_ks_r4_cols<2>(g, n); break;
-        case 1: gemm_iq4_ks_r4_cols<1>(g, n); break;
-        default: break;
-    }
+    for_row_tiles(g, 4, [](const GemmArgs& t) {
+        int64_t n = 0;
+        for (; n + 4 <= t.ncols; n += 4) gemm_iq4_ks_r4_cols<4>(t, n);
+        switch (t.ncols - n) {
+            case 3: gemm_iq4_ks_r4_cols<3>(t, n); break;
+            case 2: gemm_iq4_ks_r4_cols<2>(t, n); break;
+            case 1: gemm_iq4_ks_r4_cols<1>(t, n); break;
+            default: break;
+        }
+    });
 }
 
 // ================================================================================ large batch
