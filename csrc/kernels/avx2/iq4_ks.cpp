@@ -434,7 +434,7 @@ constexpr int kActBytes = 296;
 // Kernel (E) for NC activation columns: the weights of a block are unpacked once and used
 // for all columns. Lane L of the int32 sum = elements 4L..4L+3 of every block.
 template <int NC>
-void gemm_iq4_ks_cols(const GemmArgs& g, int64_t n0) {
+__attribute__((noinline)) void gemm_iq4_ks_cols(const GemmArgs& g, int64_t n0) {
     const int64_t nsuper = g.K / kSuper;
     const __m256i tab[2] = {table_vec(0), table_vec(1)};
     const uint8_t* acts[NC];
@@ -468,6 +468,14 @@ void gemm_iq4_ks_cols(const GemmArgs& g, int64_t n0) {
     }
 }
 
+// Columns handled together by one kernel pass (at most 4): blocks of 4, but 5, 6, 7 columns
+// as 3+2, 3+3, 4+3 rather than with a pass for a single column.
+inline int column_block(int64_t left) {
+    if (left >= 8 || left == 4 || left == 7) return 4;
+    if (left == 5 || left == 6) return 3;
+    return (int)left;
+}
+
 // Wide batches: split the rows into tiles of ~32 KiB of weights and run all column blocks
 // on one tile before the next, so the weights are re-read from L1/L2, not from L3/DRAM.
 template <typename Fn>
@@ -487,20 +495,20 @@ inline void for_row_tiles(const GemmArgs& g, int interleave, Fn&& fn) {
 
 void gemm_iq4_ks(const GemmArgs& g) {
     for_row_tiles(g, 1, [](const GemmArgs& t) {
-        int64_t n = 0;
-        for (; n + 4 <= t.ncols; n += 4) gemm_iq4_ks_cols<4>(t, n);
-        switch (t.ncols - n) {
-            case 3: gemm_iq4_ks_cols<3>(t, n); break;
-            case 2: gemm_iq4_ks_cols<2>(t, n); break;
-            case 1: gemm_iq4_ks_cols<1>(t, n); break;
-            default: break;
+        for (int64_t n = 0; n < t.ncols;) {
+            switch (column_block(t.ncols - n)) {
+                case 4: gemm_iq4_ks_cols<4>(t, n); n += 4; break;
+                case 3: gemm_iq4_ks_cols<3>(t, n); n += 3; break;
+                case 2: gemm_iq4_ks_cols<2>(t, n); n += 2; break;
+                default: gemm_iq4_ks_cols<1>(t, n); n += 1; break;
+            }
         }
     });
 }
 
 // Kernel (G) for NC columns. Lane l <-> row l%4, elements 16h..16h+15 (h = l/4) of each block.
 template <int NC>
-void gemm_iq4_ks_r4_cols(const GemmArgs& g, int64_t n0) {
+__attribute__((noinline)) void gemm_iq4_ks_r4_cols(const GemmArgs& g, int64_t n0) {
     const int64_t nsuper = g.K / kSuper;
     const __m256i base = table_vec(0);
     const __m256i m4 = _mm256_set1_epi8(0x0f);
@@ -584,13 +592,13 @@ void gemm_iq4_ks_r4_cols(const GemmArgs& g, int64_t n0) {
 
 void gemm_iq4_ks_r4(const GemmArgs& g) {
     for_row_tiles(g, 4, [](const GemmArgs& t) {
-        int64_t n = 0;
-        for (; n + 4 <= t.ncols; n += 4) gemm_iq4_ks_r4_cols<4>(t, n);
-        switch (t.ncols - n) {
-            case 3: gemm_iq4_ks_r4_cols<3>(t, n); break;
-            case 2: gemm_iq4_ks_r4_cols<2>(t, n); break;
-            case 1: gemm_iq4_ks_r4_cols<1>(t, n); break;
-            default: break;
+        for (int64_t n = 0; n < t.ncols;) {
+            switch (column_block(t.ncols - n)) {
+                case 4: gemm_iq4_ks_r4_cols<4>(t, n); n += 4; break;
+                case 3: gemm_iq4_ks_r4_cols<3>(t, n); n += 3; break;
+                case 2: gemm_iq4_ks_r4_cols<2>(t, n); n += 2; break;
+                default: gemm_iq4_ks_r4_cols<1>(t, n); n += 1; break;
+            }
         }
     });
 }
