@@ -101,28 +101,35 @@ inline __m256 best_value(__m256 x, const Search& s) {
     return _mm256_blendv_ps(_mm256_permutevar8x32_ps(s.tlo, i), _mm256_permutevar8x32_ps(s.thi, i), m1);
 }
 
-// 8 scale trials at once (lane = trial with scale id[lane]); sums in element order.
-inline void trial8(const float* xb, const float* w, __m256 id, const Search& s, float* sqx_p, float* sq2_p, float* sqx_m,
-                   float* sq2_m) {
+// 16 scale trials with the same table (lane = trial with scale id0[lane] resp. id1[lane]),
+// two vectors interleaved for more independent work; sums in element order.
+inline void trial16(const float* xb, const float* w, __m256 id0, __m256 id1, const Search& s, float* sqx_p, float* sq2_p,
+                    float* sqx_m, float* sq2_m) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
-    __m256 ap = _mm256_setzero_ps(), bp = _mm256_setzero_ps(), am = _mm256_setzero_ps(), bm = _mm256_setzero_ps();
+    __m256 ap0 = _mm256_setzero_ps(), bp0 = _mm256_setzero_ps(), am0 = _mm256_setzero_ps(), bm0 = _mm256_setzero_ps();
+    __m256 ap1 = _mm256_setzero_ps(), bp1 = _mm256_setzero_ps(), am1 = _mm256_setzero_ps(), bm1 = _mm256_setzero_ps();
     for (int j = 0; j < kBlock; ++j) {
         const __m256 x = _mm256_broadcast_ss(xb + j);
         const __m256 wj = _mm256_broadcast_ss(w + j);
-        const __m256 al = _mm256_mul_ps(id, x);
-        __m256 q = best_value(al, s);
-        __m256 wq = _mm256_mul_ps(wj, q);
-        ap = _mm256_add_ps(ap, _mm256_mul_ps(wq, x));
-        bp = _mm256_add_ps(bp, _mm256_mul_ps(wq, q));
-        q = best_value(_mm256_xor_ps(al, sign), s);
-        wq = _mm256_mul_ps(wj, q);
-        am = _mm256_add_ps(am, _mm256_mul_ps(wq, x));
-        bm = _mm256_add_ps(bm, _mm256_mul_ps(wq, q));
+        const __m256 al0 = _mm256_mul_ps(id0, x);
+        const __m256 al1 = _mm256_mul_ps(id1, x);
+        const __m256 q0 = best_value(al0, s), q1 = best_value(al1, s);
+        const __m256 wq0 = _mm256_mul_ps(wj, q0), wq1 = _mm256_mul_ps(wj, q1);
+        ap0 = _mm256_add_ps(ap0, _mm256_mul_ps(wq0, x));
+        bp0 = _mm256_add_ps(bp0, _mm256_mul_ps(wq0, q0));
+        ap1 = _mm256_add_ps(ap1, _mm256_mul_ps(wq1, x));
+        bp1 = _mm256_add_ps(bp1, _mm256_mul_ps(wq1, q1));
+        const __m256 r0 = best_value(_mm256_xor_ps(al0, sign), s), r1 = best_value(_mm256_xor_ps(al1, sign), s);
+        const __m256 wr0 = _mm256_mul_ps(wj, r0), wr1 = _mm256_mul_ps(wj, r1);
+        am0 = _mm256_add_ps(am0, _mm256_mul_ps(wr0, x));
+        bm0 = _mm256_add_ps(bm0, _mm256_mul_ps(wr0, r0));
+        am1 = _mm256_add_ps(am1, _mm256_mul_ps(wr1, x));
+        bm1 = _mm256_add_ps(bm1, _mm256_mul_ps(wr1, r1));
     }
-    _mm256_storeu_ps(sqx_p, ap);
-    _mm256_storeu_ps(sq2_p, bp);
-    _mm256_storeu_ps(sqx_m, am);
-    _mm256_storeu_ps(sq2_m, bm);
+    _mm256_storeu_ps(sqx_p, ap0); _mm256_storeu_ps(sqx_p + 8, ap1);
+    _mm256_storeu_ps(sq2_p, bp0); _mm256_storeu_ps(sq2_p + 8, bp1);
+    _mm256_storeu_ps(sqx_m, am0); _mm256_storeu_ps(sqx_m + 8, am1);
+    _mm256_storeu_ps(sq2_m, bm0); _mm256_storeu_ps(sq2_m + 8, bm1);
 }
 
 // The QHelper decision for one 32-block (formats/iq4_ks.cpp: imatrix_row_weights), written
@@ -186,10 +193,8 @@ BlockScale block_scale(const float* xb, const float* w, const Search& sb, const 
     const __m256 idb0 = _mm256_div_ps(_mm256_setr_ps(-130, -129, -128, -127, -126, -125, -124, -123), vmax);
     const __m256 idb1 = _mm256_div_ps(_mm256_setr_ps(-122, -121, -120, -119, -118, -117, -116, -116), vmax);
     alignas(32) float sp[32], qp[32], sm[32], qm[32];
-    trial8(xb, w, ida0, sb, sp + 0, qp + 0, sm + 0, qm + 0);
-    trial8(xb, w, ida1, sb, sp + 8, qp + 8, sm + 8, qm + 8);
-    trial8(xb, w, idb0, ss, sp + 16, qp + 16, sm + 16, qm + 16);
-    trial8(xb, w, idb1, ss, sp + 24, qp + 24, sm + 24, qm + 24);
+    trial16(xb, w, ida0, ida1, sb, sp + 0, qp + 0, sm + 0, qm + 0);
+    trial16(xb, w, idb0, idb1, ss, sp + 16, qp + 16, sm + 16, qm + 16);
 
     // The decisions, in the order of the reference.
     float dd = sp[0] / qp[0];
