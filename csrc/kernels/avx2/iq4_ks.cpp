@@ -71,7 +71,7 @@ void init_thresholds() {
 }
 
 struct Search {
-    __m256 t7, t3, t11, v3, v4, tlo, thi;
+    __m256 t7, t3, t11, v3, v4, teven, todd;  // thresholds; table entries 2p, 2p+1
 };
 
 inline Search make_search(int shifted) {
@@ -82,10 +82,9 @@ inline Search make_search(int shifted) {
     s.t11 = _mm256_set1_ps(t[11]);
     s.v3 = _mm256_setr_ps(t[1], t[5], t[9], t[13], t[1], t[5], t[9], t[13]);
     s.v4 = _mm256_setr_ps(t[0], t[2], t[4], t[6], t[8], t[10], t[12], t[14]);
-    const __m256i v = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(kValues + 16 * shifted)));
-    const __m256i w = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(kValues + 16 * shifted + 8)));
-    s.tlo = _mm256_cvtepi32_ps(v);
-    s.thi = _mm256_cvtepi32_ps(w);
+    const int8_t* T = kValues + 16 * shifted;
+    s.teven = _mm256_setr_ps(T[0], T[2], T[4], T[6], T[8], T[10], T[12], T[14]);
+    s.todd = _mm256_setr_ps(T[1], T[3], T[5], T[7], T[9], T[11], T[13], T[15]);
     return s;
 }
 
@@ -95,10 +94,9 @@ inline __m256 best_value(__m256 x, const Search& s) {
     const __m256 m2 = _mm256_cmp_ps(x, _mm256_blendv_ps(s.t3, s.t11, m1), _CMP_GE_OQ);  // bit 2
     __m256i i = _mm256_sub_epi32(_mm256_and_si256(_mm256_castps_si256(m1), _mm256_set1_epi32(2)), _mm256_castps_si256(m2));
     const __m256 m3 = _mm256_cmp_ps(x, _mm256_permutevar8x32_ps(s.v3, i), _CMP_GE_OQ);  // bit 1
-    i = _mm256_sub_epi32(_mm256_add_epi32(i, i), _mm256_castps_si256(m3));
+    i = _mm256_sub_epi32(_mm256_add_epi32(i, i), _mm256_castps_si256(m3));                // = index >> 1
     const __m256 m4 = _mm256_cmp_ps(x, _mm256_permutevar8x32_ps(s.v4, i), _CMP_GE_OQ);  // bit 0
-    i = _mm256_sub_epi32(_mm256_add_epi32(i, i), _mm256_castps_si256(m4));
-    return _mm256_blendv_ps(_mm256_permutevar8x32_ps(s.tlo, i), _mm256_permutevar8x32_ps(s.thi, i), m1);
+    return _mm256_blendv_ps(_mm256_permutevar8x32_ps(s.teven, i), _mm256_permutevar8x32_ps(s.todd, i), m4);
 }
 
 // 16 scale trials with the same table (lane = trial with scale id0[lane] resp. id1[lane]),
