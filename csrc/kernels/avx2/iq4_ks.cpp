@@ -471,6 +471,81 @@ __attribute__((noinline)) void gemm_iq4_ks_cols(const GemmArgs& g, int64_t n0) {
     }
 }
 
+// Kernel (E) for small batches, two blocks per 32-byte weight load: the activation quants
+// are first rearranged per block pair (2p, 2p+1) as [a_2p e0..15 | a_2p+1 e0..15 |
+// a_2p e16..31 | a_2p+1 e16..31], so a 256-bit vector of low (high) nibbles lines up with
+// them. Its int32 lane 4h + L then holds elements 4L..4L+3 (+16 for high nibbles) of block
+// 2p + h, and the two halves are added at the end of the super-block: the same exact
+// integers S_L as gemm_iq4_ks_cols, hence the same floats.
+void pair_activations(const uint8_t* act, int64_t nsuper, uint8_t* out) {
+    for (int64_t i = 0; i < nsuper; ++i) {
+        const uint8_t* q = act + i * kActBytes + 8;
+        uint8_t* o = out + i * kSuper;
+        for (int p = 0; p < 4; ++p) {
+            const __m256i x = load32(q + 64 * p), y = load32(q + 64 * p + 32);
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 64 * p), _mm256_permute2x128_si256(x, y, 0x20));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 64 * p + 32), _mm256_permute2x128_si256(x, y, 0x31));
+        }
+    }
+}
+
+template <int NC>
+__attribute__((noinline)) void gemm_iq4_ks_paired(const GemmArgs& g, int64_t n0, const uint8_t* paired) {
+    const int64_t nsuper = g.K / kSuper;
+    // table pair k: low lane = table of block 2p (k & 1), high lane = block 2p+1 (k >> 1)
+    const __m128i t0 = _mm_load_si128(reinterpret_cast<const __m128i*>(kValues));
+    const __m128i t1 = _mm_load_si128(reinterpret_cast<const __m128i*>(kValues + 16));
+    const __m256i tabs[4] = {_mm256_set_m128i(t0, t0), _mm256_set_m128i(t0, t1), _mm256_set_m128i(t1, t0),
+                             _mm256_set_m128i(t1, t1)};
+    // int16 scale ls_2p in the low lane, ls_2p+1 in the high lane
+    __m256i ls_pattern[4];
+    for (int p = 0; p < 4; ++p) {
+        const __m128i lo = _mm_set1_epi16((short)((4 * p + 1) << 8 | 4 * p));
+        const __m128i hi = _mm_set1_epi16((short)((4 * p + 3) << 8 | (4 * p + 2)));
+        ls_pattern[p] = _mm256_set_m128i(hi, lo);
+    }
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    const uint8_t* acts[NC];
+    const uint8_t* pq[NC];
+    for (int n = 0; n < NC; ++n) {
+        acts[n] = g.A + (n0 + n) * g.a_row_bytes;
+        pq[n] = paired + (n0 + n) * g.K;
+    }
+    for (int64_t r = 0; r < g.nrows; ++r) {
+        const uint8_t* w = g.W + r * g.w_group_bytes;
+        const float D = rd_f32(w);
+        __m256 acc[NC];
+        for (int n = 0; n < NC; ++n) acc[n] = _mm256_setzero_ps();
+        for (int64_t i = 0; i < nsuper; ++i) {
+            const uint8_t* sb = w + kRowMeta + i * kSuperBytes;
+            const __m128i sc = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sb)));
+            const __m256i ls8 = _mm256_broadcastsi128_si256(_mm_sub_epi16(_mm_and_si128(sc, _mm_set1_epi16(254)), _mm_set1_epi16(127)));
+            __m256i sa[NC], sh[NC];
+            for (int n = 0; n < NC; ++n) sa[n] = sh[n] = _mm256_setzero_si256();
+            for (int p = 0; p < 4; ++p) {
+                const __m256i q = load32(sb + 8 + 32 * p);
+                const __m256i tp = tabs[(sb[2 * p] & 1) | ((sb[2 * p + 1] & 1) << 1)];
+                const __m256i vl = _mm256_shuffle_epi8(tp, _mm256_and_si256(q, m4));
+                const __m256i vh = _mm256_shuffle_epi8(tp, _mm256_and_si256(_mm256_srli_epi16(q, 4), m4));
+                const __m256i al = _mm256_sign_epi8(vl, vl), ah = _mm256_sign_epi8(vh, vh);
+                const __m256i ls = _mm256_shuffle_epi8(ls8, ls_pattern[p]);
+                for (int n = 0; n < NC; ++n) {
+                    const uint8_t* a = pq[n] + i * kSuper + 64 * p;
+                    sa[n] = _mm256_add_epi32(sa[n], _mm256_madd_epi16(ls, _mm256_maddubs_epi16(al, _mm256_sign_epi8(load32(a), vl))));
+                    sh[n] = _mm256_add_epi32(sh[n], _mm256_madd_epi16(ls, _mm256_maddubs_epi16(ah, _mm256_sign_epi8(load32(a + 32), vh))));
+                }
+            }
+            for (int n = 0; n < NC; ++n) {
+                const __m256i S = _mm256_add_epi32(_mm256_permute2x128_si256(sa[n], sh[n], 0x20),
+                                                   _mm256_permute2x128_si256(sa[n], sh[n], 0x31));
+                const __m256 c = _mm256_set1_ps(D * rd_f32(acts[n] + i * kActBytes));
+                acc[n] = _mm256_fmadd_ps(c, _mm256_cvtepi32_ps(S), acc[n]);
+            }
+        }
+        for (int n = 0; n < NC; ++n) g.C[(n0 + n) * g.ldc + r] = hsum8(acc[n]);
+    }
+}
+
 // Columns handled together by one kernel pass (at most 4): blocks of 4, but 5, 6, 7 columns
 // as 3+2, 3+3, 4+3 rather than with a pass for a single column.
 inline int column_block(int64_t left) {
@@ -497,6 +572,21 @@ inline void for_row_tiles(const GemmArgs& g, int interleave, Fn&& fn) {
 }
 
 void gemm_iq4_ks(const GemmArgs& g) {
+    if (g.ncols <= 4) {
+        const int64_t nsuper = g.K / kSuper;
+        uint8_t* paired = static_cast<uint8_t*>(std::malloc((size_t)(g.ncols * g.K)));
+        if (!paired) std::abort();
+        for (int64_t n = 0; n < g.ncols; ++n) pair_activations(g.A + n * g.a_row_bytes, nsuper, paired + n * g.K);
+        switch (g.ncols) {
+            case 4: gemm_iq4_ks_paired<4>(g, 0, paired); break;
+            case 3: gemm_iq4_ks_paired<3>(g, 0, paired); break;
+            case 2: gemm_iq4_ks_paired<2>(g, 0, paired); break;
+            case 1: gemm_iq4_ks_paired<1>(g, 0, paired); break;
+            default: break;
+        }
+        std::free(paired);
+        return;
+    }
     for_row_tiles(g, 1, [](const GemmArgs& t) {
         for (int64_t n = 0; n < t.ncols;) {
             switch (column_block(t.ncols - n)) {
