@@ -37,8 +37,8 @@ inline __m256i unpack_nibbles(__m128i q) {
 // rounding sequentially over the 32 elements. The sums are order dependent, so they are
 // vectorized across trials: one vector holds 8 trials (8 different `id`), and the element
 // loop runs in order. best_index is evaluated as a 4-step binary search over the 15
-// switching points of the table (`Thresholds`): best_index(T, x) = #{k : x >= t_k} for every
-// float x with |x| < 2^31, which is always the case here (|id * x| <= 135).
+// switching points t_k of the table (`g_thresholds`): best_index(T, x) = #{k : x >= t_k} for
+// every float x with |x| < 2^31, which always holds here (|id * x| <= 134 * (1 + 2^-23)).
 
 // t_k = the smallest float x with best_index(T, x) > k (k = 0..14), for the base and the
 // shifted table. Derived from the scalar best_index by bisection in register_avx2_iq4_ks();
@@ -46,14 +46,12 @@ inline __m256i unpack_nibbles(__m128i q) {
 // (checked exhaustively by tools/iq4_ks_best_index_check.cpp).
 alignas(32) float g_thresholds[2][16];
 
-uint32_t f2u(float f) { return fbits(f); }
-float u2f(uint32_t u) { return bitsf(u); }
 // Monotone map float -> int64 and back (for bisection over consecutive floats).
 int64_t float_key(float f) {
-    const uint32_t u = f2u(f);
+    const uint32_t u = fbits(f);
     return (u & 0x80000000u) ? -(int64_t)(u & 0x7fffffffu) : (int64_t)u;
 }
-float key_float(int64_t k) { return k < 0 ? u2f((uint32_t)(-k) | 0x80000000u) : u2f((uint32_t)k); }
+float key_float(int64_t k) { return k < 0 ? bitsf((uint32_t)(-k) | 0x80000000u) : bitsf((uint32_t)k); }
 
 void init_thresholds() {
     for (int h = 0; h < 2; ++h) {
@@ -295,20 +293,21 @@ void quantize_iq4_ks(const float* src, uint8_t* dst, int64_t nrows, int64_t K, c
 
 // ================================================================================ iq4_ks_r4 layout
 
-// Block b of 4 rows in an r4 super-block -> the 4 rows' 16-byte iq4_ks nibble blocks
-// (u[r] = 32 nibbles of row r in element order, packed as in iq4_ks: low = e, high = e+16).
-// r4 chunk c (16 bytes at 16c) holds dword r = row r; chunks 0, 32, 16, 48 hold element
-// quarters (0|2), (1|3), (4|6), (5|7) as (low|high) nibbles (FORMATS.md §7.1).
+// The 64 nibble bytes of block b of an r4 super-block -> the 4 rows' 16-byte iq4_ks nibble
+// blocks (u[r]: low nibble = element e, high nibble = element e + 16, as in iq4_ks). The 64
+// bytes are 4 chunks of 4 dwords (dword r = row r); row r's dword holds, as low | high
+// nibbles, elements 0-3 | 8-11 in the chunk at 0, 4-7 | 12-15 at 32, 16-19 | 24-27 at 16 and
+// 20-23 | 28-31 at 48 (FORMATS.md §7.1).
 inline void r4_block_rows(const uint8_t* qs, __m128i u[4]) {
     const __m128i c0 = load16(qs), c1 = load16(qs + 16), c2 = load16(qs + 32), c3 = load16(qs + 48);
-    // Transpose dwords of (c0, c2, c1, c3): row r gets (c0[r], c2[r], c1[r], c3[r]).
+    // Transpose dwords of (c0, c2, c1, c3): row r gets (c0[r], c2[r], c1[r], c3[r]), i.e. low
+    // nibbles = elements 0-7, 16-23 and high nibbles = elements 8-15, 24-31.
     const __m128i t0 = _mm_unpacklo_epi32(c0, c2), t1 = _mm_unpackhi_epi32(c0, c2);
     const __m128i t2 = _mm_unpacklo_epi32(c1, c3), t3 = _mm_unpackhi_epi32(c1, c3);
     const __m128i v[4] = {_mm_unpacklo_epi64(t0, t2), _mm_unpackhi_epi64(t0, t2), _mm_unpacklo_epi64(t1, t3),
                           _mm_unpackhi_epi64(t1, t3)};
     const __m128i m4 = _mm_set1_epi8(0x0f);
     for (int r = 0; r < 4; ++r) {
-        // v = (q0 q1 | q4 q5) as low nibbles and (q2 q3 | q6 q7) as high nibbles, 4 bytes each.
         const __m128i lo = _mm_and_si128(v[r], m4), hi = _mm_and_si128(_mm_srli_epi16(v[r], 4), m4);
         const __m128i e0 = _mm_unpacklo_epi64(lo, hi);  // elements 0..15
         const __m128i e1 = _mm_unpackhi_epi64(lo, hi);  // elements 16..31
