@@ -157,6 +157,27 @@ def test_all_zero_and_tiny_rows(isa):
         assert not iqkq.dequantize(q).any()
 
 
+def test_best_index_beyond_int32(isa):
+    """ik_llama.cpp's best_index starts with a C (int) cast; on x86 (CVTTSS2SI) a value of
+    2^31 or more gives INT32_MIN and thus index 0, not 15. Reachable in pass 2 when a block's
+    largest element has zero importance and every block scale of the row is tiny: here
+    idl * x is about 1e12. We reproduce the x86 behaviour (FORMATS.md §6.3 says 15 for all
+    finite x; ik's x86 build, our oracle, gives 0)."""
+    K = 256
+    w = np.full((1, K), 1e-10, np.float32)
+    w[0, ::32] = 1.0
+    im = np.ones(K, np.float32)
+    im[::32] = 0
+    for t in TYPES:
+        q = iqkq.quantize(w[[0, 0, 0, 0]], t, imatrix=im)
+        if t == "iq4_ks_r4":
+            q = iqkq.repack(q, "iq4_ks")
+        row = q.data[: q.row_bytes]
+        assert all(row[4 + 8 + 16 * b] & 15 == 0 for b in range(8)), t  # element 0 of each block: index 0
+        deq = iqkq.dequantize(q)[0]
+        assert np.all(deq[::32] < 0) and np.all(deq[1::32] > 0)
+
+
 def test_r4_is_repack_of_plain(isa):
     """FORMATS.md §7.3 / NOTES.md §6: iq4_ks_r4 applies QHelper like iq4_ks, so the bytes are
     always a permutation of the iq4_ks bytes, even with a degenerate imatrix."""
