@@ -161,6 +161,24 @@ PYBIND11_MODULE(_core, m) {
         check_type(type);
         return uses_large_batch(type, rows, N, (MatmulPath)path);
     });
+    // Test hook: the large-batch weight conversion alone (e.g. iq4_ks -> q8_k_r8), with the
+    // active ISA's kernel. Returns the converted bytes (rows / 8 groups of the target type).
+    m.def("convert_large_batch", [](int type, const py::array& src, int64_t rows, int64_t K) {
+        check_type(type);
+        check_shape(type, rows, K);
+        const TypeTraits& t = kTypes[type];
+        const RepackFn fn = active().types[type].to_large_batch;
+        if (t.large_batch < 0 || !fn) throw std::invalid_argument(std::string(t.name) + " has no large-batch conversion");
+        if (rows % 8 != 0) throw std::invalid_argument("rows must be a multiple of 8");
+        const uint8_t* s = in_ptr<uint8_t>(src, row_bytes(t, K) * rows, "src");
+        py::array_t<uint8_t> out((py::ssize_t)(row_bytes(kTypes[t.large_batch], K) * rows));
+        uint8_t* o = out.mutable_data();
+        {
+            py::gil_scoped_release nogil;
+            fn(s, o, rows, K);
+        }
+        return out;
+    });
     m.def("quantize_activations", [](int act, const py::array& x, int64_t N, int64_t K) {
         if (act < 0 || act >= A_COUNT) throw std::invalid_argument("invalid activation format");
         if (K <= 0 || K % kActs[act].block_size != 0) throw std::invalid_argument("bad K");

@@ -11,7 +11,7 @@ import iqkq
 from conftest import load, oracle_cases
 
 # Types whose matmul reproduces ik_llama.cpp's float order exactly on every path.
-BIT_EXACT_MATMUL = {"q8_0", "q8_0_r8", "q8_k_r8"}
+BIT_EXACT_MATMUL = {"q8_0", "q8_0_r8", "q8_k_r8", "iq4_ks", "iq4_ks_r4"}
 
 
 @pytest.mark.parametrize("path", oracle_cases())
