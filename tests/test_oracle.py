@@ -8,10 +8,38 @@ import numpy as np
 import pytest
 
 import iqkq
+from iqkq import _core
 from conftest import load, oracle_cases
 
 # Types whose matmul reproduces ik_llama.cpp's float order exactly on every path.
-BIT_EXACT_MATMUL = {"q8_0", "q8_0_r8"}
+BIT_EXACT_MATMUL = {"q8_0", "q8_0_r8", "iq3_xxs", "iq3_xxs_r4"}
+
+_TABLE = {t["name"]: t for t in _core.types_table()}
+
+
+def _ik_converted(tname, rows, n):
+    """ik_llama.cpp's oracle y (1 thread) used the large-batch conversion (FORMATS.md §11.2)."""
+    t = _TABLE[tname]
+    return t["large_batch"] >= 0 and n >= 32 and rows >= 32 and rows % 8 == 0
+
+
+def matmul_cases():
+    """One param per (oracle case, N). Where ik converted the weights to the large-batch type
+    and this build does not have that path yet (its target type's kernels are a separate
+    issue, e.g. q8_k_r8 for iq3_xxs), the result differs by the requantization (~1 %): exactly
+    those pairs are marked as expected failures (strict, and the mark disappears as soon as
+    the large-batch path is available)."""
+    out = []
+    for p in oracle_cases():
+        path = p.values[0]
+        with np.load(path) as z:
+            tname, rows, ns = str(z["type_name"]), int(z["rows"]), [int(v) for v in z["n_values"]]
+        for n in ns:
+            marks = []
+            if _ik_converted(tname, rows, n) and not _TABLE[tname]["has_large_batch"]:
+                marks.append(pytest.mark.xfail(strict=True, reason="large-batch path (q8_k_r8) not available yet"))
+            out.append(pytest.param(path, n, id=f"{path.stem}-N{n}", marks=marks))
+    return out
 
 
 @pytest.mark.parametrize("path", oracle_cases())
@@ -34,23 +62,22 @@ def test_dequantize_bits(path, isa):
     np.testing.assert_array_equal(deq.view(np.uint32), z["deq"].view(np.uint32))
 
 
-@pytest.mark.parametrize("path", oracle_cases())
-def test_matmul(path, isa):
+@pytest.mark.parametrize("path,n", matmul_cases())
+def test_matmul(path, n, isa):
     z = load(path)
     tname = str(z["type_name"])
     q = iqkq.QuantizedTensor(z["q"], tname, z["w"].shape)
-    for n in z["n_values"]:
-        x, yo = z[f"x_N{n}"], z[f"y_N{n}"]
-        y = iqkq.matmul(q, x, threads=2)
-        assert y.shape == yo.shape
-        scale = float(np.abs(yo).max())
-        err = float(np.abs(y - yo).max())
-        assert err <= 1e-4 * scale, f"N={n}: max|y - y_ik| = {err:g} > 1e-4 * {scale:g}"
-        if tname in BIT_EXACT_MATMUL:
-            np.testing.assert_array_equal(y.view(np.uint32), yo.view(np.uint32), err_msg=f"N={n}")
-        # a 1-D x gives the same values as the first row of a 2-D batch of one
-        if n == 1:
-            np.testing.assert_array_equal(iqkq.matmul(q, x[0], threads=1), y[0])
+    x, yo = z[f"x_N{n}"], z[f"y_N{n}"]
+    y = iqkq.matmul(q, x, threads=2)
+    assert y.shape == yo.shape
+    scale = float(np.abs(yo).max())
+    err = float(np.abs(y - yo).max())
+    assert err <= 1e-4 * scale, f"N={n}: max|y - y_ik| = {err:g} > 1e-4 * {scale:g}"
+    if tname in BIT_EXACT_MATMUL:
+        np.testing.assert_array_equal(y.view(np.uint32), yo.view(np.uint32), err_msg=f"N={n}")
+    # a 1-D x gives the same values as the first row of a 2-D batch of one
+    if n == 1:
+        np.testing.assert_array_equal(iqkq.matmul(q, x[0], threads=1), y[0])
 
 
 def test_oracle_cases_present():

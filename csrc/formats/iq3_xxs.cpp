@@ -24,12 +24,6 @@ namespace {
 
 using namespace iq3;
 
-// Levels (0..7) of quantizer grid point gi.
-void grid_levels(int gi, int8_t* L) {
-    const uint32_t g = kQuantGrid[gi];
-    for (int i = 0; i < 4; ++i) L[i] = (int8_t)((((g >> (8 * i)) & 255) - 1) / 2);
-}
-
 // best_neighbour of §8.4: the first point of the record with the strictly smallest weighted
 // squared distance. When no distance is below FLT_MAX (only possible when the weights
 // overflow to inf, where ik_llama.cpp aborts) the record's first point is taken.
@@ -56,11 +50,6 @@ int best_neighbour(int u, const float* xv, const float* wa, float scale, int8_t*
     return gi;
 }
 
-int level_of(float id, float v) {
-    const int l = nearest_int(0.5f * (id * v - 1.0f));
-    return l < 0 ? 0 : (l > 7 ? 7 : l);
-}
-
 // One super-block of 256 values (FORMATS.md §8.4). `qw` = the 256 importance weights of this
 // super-block or null.
 void quantize_superblock(const float* xbl, const float* qw, uint8_t* out, RowState& st) {
@@ -69,54 +58,13 @@ void quantize_superblock(const float* xbl, const float* qw, uint8_t* out, RowSta
     float scales[8];
     float max_scale = 0.0f;
 
-    float sumx2 = 0.0f;
-    for (int i = 0; i < kQK; ++i) sumx2 = sumx2 + xbl[i] * xbl[i];
-    const float sigma2 = 2.0f * sumx2 / 256.0f;
+    const float sigma2 = superblock_sigma2(xbl);
 
     for (int ib = 0; ib < 8; ++ib) {
         const float* xb = xbl + 32 * ib;
         float w[32], wa[32], xv[32];
-        if (qw) {
-            for (int i = 0; i < 32; ++i) w[i] = qw[32 * ib + i] * std::sqrt(sigma2 + xb[i] * xb[i]);
-        } else {
-            for (int i = 0; i < 32; ++i) w[i] = xb[i] * xb[i];
-        }
-        for (int i = 0; i < 32; ++i) wa[i] = std::sqrt(w[i]);
-
-        // Signs: 7 stored bits per group of 8, the 8th is the parity. With an odd number of
-        // negatives the element of least w*x*x changes sign (its xv becomes negative).
         uint8_t signs[4];
-        for (int k = 0; k < 4; ++k) {
-            int nflip = 0;
-            uint8_t s = 0;
-            for (int i = 0; i < 8; ++i) {
-                const float v = xb[8 * k + i];
-                if (v >= 0) {
-                    xv[8 * k + i] = v;
-                } else {
-                    xv[8 * k + i] = -v;
-                    ++nflip;
-                    s |= (uint8_t)(1 << i);
-                }
-            }
-            if (nflip % 2) {
-                int imin = 0;
-                float mn = w[8 * k] * xb[8 * k] * xb[8 * k];
-                for (int i = 1; i < 8; ++i) {
-                    const float a = w[8 * k + i] * xb[8 * k + i] * xb[8 * k + i];
-                    if (a < mn) {
-                        mn = a;
-                        imin = i;
-                    }
-                }
-                xv[8 * k + imin] = -xv[8 * k + imin];
-                s ^= (uint8_t)(1 << imin);
-            }
-            signs[k] = s & 127;
-        }
-
-        float mx = xv[0];
-        for (int i = 1; i < 32; ++i) mx = mx > xv[i] ? mx : xv[i];
+        const float mx = prepare_block(xb, qw ? qw + 32 * ib : nullptr, sigma2, w, wa, xv, signs);
         if (mx < kGroupMaxEps) {
             scales[ib] = 0.0f;
             std::memset(st.L, 0, sizeof(st.L));
@@ -175,34 +123,12 @@ void quantize_superblock(const float* xbl, const float* qw, uint8_t* out, RowSta
             }
             if (sq2 > 0) scale = sqx / sq2;
         }
-        if (scale < 0) {
-            scale = -scale;
-            for (int k = 0; k < 4; ++k) signs[k] = (uint8_t)(~signs[k] & 127);
-        }
-        for (int k = 0; k < 8; ++k) {
-            int u = 0;
-            for (int i = 0; i < 4; ++i) u |= st.L[4 * k + i] << (3 * i);
-            q3[8 * ib + k] = (uint8_t)kMap[u];  // always on the grid here
-        }
-        sas[ib] = (uint32_t)signs[0] | ((uint32_t)signs[1] << 7) | ((uint32_t)signs[2] << 14) | ((uint32_t)signs[3] << 21);
+        scale = finish_block(st.L, scale, signs, q3 + 8 * ib, &sas[ib]);
         scales[ib] = scale;
         max_scale = max_scale > scale ? max_scale : scale;
     }
 
-    if (!(max_scale != 0.0f)) {
-        std::memset(out, 0, kBytes);
-        return;
-    }
-    const float d = max_scale / 31.0f;
-    wr_u16(out, fp32_to_fp16(d * kFudge));
-    const float id = 1.0f / d;
-    for (int ib = 0; ib < 8; ++ib) {
-        int l = nearest_int(0.5f * (id * scales[ib] - 1.0f));
-        l = l < 0 ? 0 : (l > 15 ? 15 : l);
-        sas[ib] |= (uint32_t)l << 28;
-    }
-    std::memcpy(out + kQsOff, q3, 64);
-    for (int ib = 0; ib < 8; ++ib) wr_u32(out + kSasOff + 4 * ib, sas[ib]);
+    encode_superblock(scales, max_scale, q3, sas, out);
 }
 
 void quantize_iq3_xxs(const float* src, uint8_t* dst, int64_t nrows, int64_t K, const float* imatrix) {

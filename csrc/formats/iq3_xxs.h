@@ -27,7 +27,7 @@ constexpr float kConvD0 = 1.0f / 124;  // large-batch conversion to q8_k_r8 (§1
 // Tables (tools/gen_iq3_xxs_tables.py -> iq3_xxs_tables.inc, defined in formats/iq3_xxs.cpp).
 extern const uint32_t kGrid[256];
 extern const uint32_t kQuantGrid[256];
-extern const int16_t kMap[4096];
+extern const int16_t kMap[4096 + 2];  // 2 entries of padding for 32-bit gathers
 extern const uint16_t kNeighbours[kNbSize];
 extern const uint32_t kNbPoints[kNbSize + 8];
 extern const uint8_t kSigns[128];
@@ -48,6 +48,105 @@ struct RowState {
 static inline void reset_row(RowState& st) {
     std::memset(st.L, 0, sizeof(st.L));
     for (int k = 0; k < 8; ++k) st.on_grid[k] = true;
+}
+
+// First part of the block quantization (FORMATS.md §8.4 steps 2.1-2.3), shared by the
+// reference and the fast search: weights w, their square roots wa, the values xv the search
+// fits (|x|, with one element negated when a group of 8 has an odd number of negatives) and
+// the 7-bit sign indices. Returns max(xv) (the running `a > b ? a : b` of the reference).
+static inline float prepare_block(const float* xb, const float* qw, float sigma2, float* w, float* wa, float* xv,
+                                  uint8_t* signs) {
+    if (qw) {
+        for (int i = 0; i < 32; ++i) w[i] = qw[i] * __builtin_sqrtf(sigma2 + xb[i] * xb[i]);
+    } else {
+        for (int i = 0; i < 32; ++i) w[i] = xb[i] * xb[i];
+    }
+    for (int i = 0; i < 32; ++i) wa[i] = __builtin_sqrtf(w[i]);
+    for (int k = 0; k < 4; ++k) {
+        int nflip = 0;
+        uint8_t s = 0;
+        for (int i = 0; i < 8; ++i) {
+            const float v = xb[8 * k + i];
+            if (v >= 0) {
+                xv[8 * k + i] = v;
+            } else {
+                xv[8 * k + i] = -v;
+                ++nflip;
+                s |= (uint8_t)(1 << i);
+            }
+        }
+        if (nflip % 2) {
+            int imin = 0;
+            float mn = w[8 * k] * xb[8 * k] * xb[8 * k];
+            for (int i = 1; i < 8; ++i) {
+                const float a = w[8 * k + i] * xb[8 * k + i] * xb[8 * k + i];
+                if (a < mn) {
+                    mn = a;
+                    imin = i;
+                }
+            }
+            xv[8 * k + imin] = -xv[8 * k + imin];
+            s ^= (uint8_t)(1 << imin);
+        }
+        signs[k] = s & 127;
+    }
+    float mx = xv[0];
+    for (int i = 1; i < 32; ++i) mx = mx > xv[i] ? mx : xv[i];
+    return mx;
+}
+
+// sigma^2 of a super-block: sequential sum of x^2, then 2*sum/256.
+static inline float superblock_sigma2(const float* xbl) {
+    float sumx2 = 0.0f;
+    for (int i = 0; i < kQK; ++i) sumx2 = sumx2 + xbl[i] * xbl[i];
+    return 2.0f * sumx2 / 256.0f;
+}
+
+// Last steps of a block once its levels L and scale are final (§8.4 steps 2.6-2.8): positive
+// scale, grid indices, sign word. Returns the block scale.
+static inline float finish_block(const int8_t* L, float scale, uint8_t* signs, uint8_t* q3, uint32_t* sas) {
+    if (scale < 0) {
+        scale = -scale;
+        for (int k = 0; k < 4; ++k) signs[k] = (uint8_t)(~signs[k] & 127);
+    }
+    for (int k = 0; k < 8; ++k) {
+        int u = 0;
+        for (int i = 0; i < 4; ++i) u |= L[4 * k + i] << (3 * i);
+        q3[k] = (uint8_t)kMap[u];  // always on the grid here
+    }
+    *sas = (uint32_t)signs[0] | ((uint32_t)signs[1] << 7) | ((uint32_t)signs[2] << 14) | ((uint32_t)signs[3] << 21);
+    return scale;
+}
+
+// Super-block scale and the 4-bit block scale codes (§8.4 steps 3-4).
+static inline void encode_superblock(const float* scales, float max_scale, const uint8_t* q3, uint32_t* sas,
+                                     uint8_t* out) {
+    if (!(max_scale != 0.0f)) {
+        std::memset(out, 0, kBytes);
+        return;
+    }
+    const float d = max_scale / 31.0f;
+    wr_u16(out, fp32_to_fp16(d * kFudge));
+    const float id = 1.0f / d;
+    for (int ib = 0; ib < 8; ++ib) {
+        int l = nearest_int(0.5f * (id * scales[ib] - 1.0f));
+        l = l < 0 ? 0 : (l > 15 ? 15 : l);
+        sas[ib] |= (uint32_t)l << 28;
+    }
+    std::memcpy(out + kQsOff, q3, 64);
+    for (int ib = 0; ib < 8; ++ib) wr_u32(out + kSasOff + 4 * ib, sas[ib]);
+}
+
+// Levels (0..7) of quantizer grid point gi.
+static inline void grid_levels(int gi, int8_t* L) {
+    const uint32_t g = kQuantGrid[gi];
+    for (int i = 0; i < 4; ++i) L[i] = (int8_t)(((g >> (8 * i)) & 255) >> 1);
+}
+
+// Level of one value for the inverse scale id: clamp(nearest_int(0.5 * (id * v - 1)), 0, 7).
+static inline int level_of(float id, float v) {
+    const int l = nearest_int(0.5f * (id * v - 1.0f));
+    return l < 0 ? 0 : (l > 7 ? 7 : l);
 }
 
 // The importance-matrix preprocessing of iq3_xxs_r4 (QHelper, FORMATS.md §6.3, block 32):
