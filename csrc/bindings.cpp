@@ -157,6 +157,26 @@ PYBIND11_MODULE(_core, m) {
         check_type(type);
         return uses_large_batch(type, rows, N, (MatmulPath)path);
     });
+    // Private, for tests: the large-batch weight conversion of `type` (e.g. iq3_xxs -> q8_k_r8)
+    // with the active kernel set; returns the rows of the target type. Works whether or not
+    // the target type's own kernels are available.
+    m.def("convert_large_batch", [](int type, const py::array& src, int64_t rows, int64_t K) {
+        check_type(type);
+        check_shape(type, rows, K);
+        const int target = kTypes[type].large_batch;
+        const RepackFn fn = active().types[type].to_large_batch;
+        if (target < 0 || !fn) throw std::invalid_argument(std::string(kTypes[type].name) + " has no large-batch conversion");
+        if (rows % kTypes[target].interleave != 0 || K % kTypes[target].block_size != 0)
+            throw std::invalid_argument("invalid shape for the large-batch type");
+        const uint8_t* s = in_ptr<uint8_t>(src, row_bytes(kTypes[type], K) * rows, "src");
+        py::array_t<uint8_t> out((py::ssize_t)(row_bytes(kTypes[target], K) * rows));
+        uint8_t* o = out.mutable_data();
+        {
+            py::gil_scoped_release nogil;
+            fn(s, o, rows, K);
+        }
+        return out;
+    });
     m.def("quantize_activations", [](int act, const py::array& x, int64_t N, int64_t K) {
         if (act < 0 || act >= A_COUNT) throw std::invalid_argument("invalid activation format");
         if (K <= 0 || K % kActs[act].block_size != 0) throw std::invalid_argument("bad K");
