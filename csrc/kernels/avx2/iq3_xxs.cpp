@@ -104,6 +104,10 @@ void search_candidates(const float* w, const float* wa, const float* xv, float m
         _mm256_store_ps(ts, _mm256_div_ps(_mm256_set1_ps(1.0f), id));
         const unsigned lanes = t == 3 ? 0x7fu : 0xffu;  // candidate 31 does not exist
         for (int c = 0; c < 8; ++c) S.off[8 * t + c] = 0;
+        // levels and grid lookups of all 8 groups first, then one loop over the off-grid
+        // (group, candidate) pairs (fewer unpredictable loop exits)
+        alignas(32) int32_t us[8][8];
+        uint64_t todo = 0;
         for (int k = 0; k < 8; ++k) {
             __m256i u = _mm256_setzero_si256();
             for (int j = 0; j < 4; ++j) {
@@ -111,18 +115,18 @@ void search_candidates(const float* w, const float* wa, const float* xv, float m
                 _mm256_store_si256(reinterpret_cast<__m256i*>(S.lv[t][4 * k + j]), l);
                 u = _mm256_or_si256(u, _mm256_slli_epi32(l, 3 * j));
             }
+            _mm256_store_si256(reinterpret_cast<__m256i*>(us[k]), u);
             const __m256i km = _mm256_i32gather_epi32(reinterpret_cast<const int*>(kMap), u, 2);
-            unsigned off = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_slli_epi32(km, 16))) & lanes;
-            if (!off) continue;
-            alignas(32) int32_t us[8];
-            _mm256_store_si256(reinterpret_cast<__m256i*>(us), u);
-            while (off) {
-                const int c = __builtin_ctz(off);
-                off &= off - 1;
-                S.off[8 * t + c] |= (uint8_t)(1u << k);
-                const uint32_t g = kQuantGrid[neighbour_search(us[c], xv + 4 * k, wa + 4 * k, ts[c])];
-                for (int j = 0; j < 4; ++j) S.lv[t][4 * k + j][c] = (int32_t)(((g >> (8 * j)) & 255) >> 1);
-            }
+            const unsigned off = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_slli_epi32(km, 16))) & lanes;
+            todo |= (uint64_t)off << (8 * k);
+        }
+        while (todo) {
+            const int bit = __builtin_ctzll(todo);
+            todo &= todo - 1;
+            const int k = bit >> 3, c = bit & 7;
+            S.off[8 * t + c] |= (uint8_t)(1u << k);
+            const uint32_t g = kQuantGrid[neighbour_search(us[k][c], xv + 4 * k, wa + 4 * k, ts[c])];
+            for (int j = 0; j < 4; ++j) S.lv[t][4 * k + j][c] = (int32_t)(((g >> (8 * j)) & 255) >> 1);
         }
         __m256 sqx = _mm256_setzero_ps(), sq2 = _mm256_setzero_ps();
         for (int i = 0; i < 32; ++i) {
