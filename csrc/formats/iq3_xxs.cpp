@@ -12,8 +12,6 @@
 #include "types.h"
 
 #include <cfloat>
-#include <cmath>
-#include <vector>
 
 namespace iqkq {
 namespace iq3 {
