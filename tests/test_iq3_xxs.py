@@ -167,6 +167,28 @@ def test_quantize_scalar_avx2_random(seed, dist, scale, imat):
         np.testing.assert_array_equal(qs.data, qa.data)
 
 
+@pytest.mark.skipif(not HAVE_AVX2, reason="CPU without AVX2: only the scalar kernels exist")
+def test_quantize_scalar_avx2_bulk_ties():
+    """~500 super-blocks of tie-prone data (small integers, their halves / thirds, a few
+    distinct magnitudes, constant blocks), with and without (integer, zero-block) imatrix."""
+    g = rng(17)
+    K = 1024
+    rows = []
+    for scale in (1.0, 0.5, 1.0 / 3.0, 0.1, 7.0):
+        rows.append(g.integers(-8, 9, (8, K)) * scale)
+    rows.append(g.choice([-3.0, -1.0, 1.0, 3.0], (8, K)))
+    rows.append(np.repeat(g.choice([-2.0, 1.0, 5.0], (8, K // 32)), 32, axis=1))
+    rows.append(g.integers(-1, 2, (8, K)) * g.integers(1, 4, (8, 1)))
+    w = np.concatenate(rows).astype(np.float32)
+    im_int = g.integers(0, 4, K).astype(np.float32)
+    im_zero = np.exp(g.standard_normal(K)).astype(np.float32)
+    im_zero[g.integers(0, 2, K // 32).astype(bool).repeat(32)] = 0
+    for im in (None, im_int, im_zero):
+        for qtype in TYPES:
+            qs, qa = both_isas(iqkq.quantize, w, qtype, imatrix=im, threads=2)
+            np.testing.assert_array_equal(qs.data, qa.data)
+
+
 @pytest.mark.parametrize("qtype", TYPES)
 def test_dequantize_random_bytes_scalar_avx2(qtype):
     """Any byte pattern is a valid block (fp16 d may be inf/NaN): both kernel sets decode
