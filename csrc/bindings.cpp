@@ -161,17 +161,20 @@ PYBIND11_MODULE(_core, m) {
         check_type(type);
         return uses_large_batch(type, rows, N, (MatmulPath)path);
     });
-    // Test hook: the large-batch weight conversion alone (e.g. iq4_ks -> q8_k_r8), with the
-    // active ISA's kernel. Returns the converted bytes (rows / 8 groups of the target type).
+    // Private, for tests: the large-batch weight conversion of `type` (e.g. iq3_xxs -> q8_k_r8)
+    // with the active kernel set; returns the rows of the target type. Works whether or not
+    // the target type's own kernels are available.
     m.def("convert_large_batch", [](int type, const py::array& src, int64_t rows, int64_t K) {
         check_type(type);
         check_shape(type, rows, K);
-        const TypeTraits& t = kTypes[type];
+        const int target = kTypes[type].large_batch;
         const RepackFn fn = active().types[type].to_large_batch;
-        if (t.large_batch < 0 || !fn) throw std::invalid_argument(std::string(t.name) + " has no large-batch conversion");
-        if (rows % 8 != 0) throw std::invalid_argument("rows must be a multiple of 8");
-        const uint8_t* s = in_ptr<uint8_t>(src, row_bytes(t, K) * rows, "src");
-        py::array_t<uint8_t> out((py::ssize_t)(row_bytes(kTypes[t.large_batch], K) * rows));
+        if (target < 0 || !fn) throw std::invalid_argument(std::string(kTypes[type].name) + " has no large-batch conversion");
+        if (rows % kTypes[target].interleave != 0 || K % kTypes[target].block_size != 0)
+            throw std::invalid_argument(std::string("invalid shape for the large-batch type ") + kTypes[target].name +
+                                        ": rows must be a multiple of " + std::to_string(kTypes[target].interleave));
+        const uint8_t* s = in_ptr<uint8_t>(src, row_bytes(kTypes[type], K) * rows, "src");
+        py::array_t<uint8_t> out((py::ssize_t)(row_bytes(kTypes[target], K) * rows));
         uint8_t* o = out.mutable_data();
         {
             py::gil_scoped_release nogil;

@@ -10,8 +10,21 @@ import pytest
 import iqkq
 from conftest import load, oracle_cases
 
-# Types whose matmul reproduces ik_llama.cpp's float order exactly on every path.
-BIT_EXACT_MATMUL = {"q8_0", "q8_0_r8", "q8_k_r8", "iq4_ks", "iq4_ks_r4"}
+# Types whose matmul reproduces ik_llama.cpp's float order exactly on every path (all of them,
+# the large-batch conversions included).
+BIT_EXACT_MATMUL = {"q8_0", "q8_0_r8", "q8_k_r8", "iq4_ks", "iq4_ks_r4", "iq3_xxs", "iq3_xxs_r4"}
+
+
+def matmul_cases():
+    """One param per (oracle case, N), so a failure names the batch size."""
+    out = []
+    for p in oracle_cases():
+        path = p.values[0]
+        with np.load(path) as z:
+            ns = [int(v) for v in z["n_values"]]
+        for n in ns:
+            out.append(pytest.param(path, n, id=f"{path.stem}-N{n}"))
+    return out
 
 
 @pytest.mark.parametrize("path", oracle_cases())
@@ -34,23 +47,22 @@ def test_dequantize_bits(path, isa):
     np.testing.assert_array_equal(deq.view(np.uint32), z["deq"].view(np.uint32))
 
 
-@pytest.mark.parametrize("path", oracle_cases())
-def test_matmul(path, isa):
+@pytest.mark.parametrize("path,n", matmul_cases())
+def test_matmul(path, n, isa):
     z = load(path)
     tname = str(z["type_name"])
     q = iqkq.QuantizedTensor(z["q"], tname, z["w"].shape)
-    for n in z["n_values"]:
-        x, yo = z[f"x_N{n}"], z[f"y_N{n}"]
-        y = iqkq.matmul(q, x, threads=2)
-        assert y.shape == yo.shape
-        scale = float(np.abs(yo).max())
-        err = float(np.abs(y - yo).max())
-        assert err <= 1e-4 * scale, f"N={n}: max|y - y_ik| = {err:g} > 1e-4 * {scale:g}"
-        if tname in BIT_EXACT_MATMUL:
-            np.testing.assert_array_equal(y.view(np.uint32), yo.view(np.uint32), err_msg=f"N={n}")
-        # a 1-D x gives the same values as the first row of a 2-D batch of one
-        if n == 1:
-            np.testing.assert_array_equal(iqkq.matmul(q, x[0], threads=1), y[0])
+    x, yo = z[f"x_N{n}"], z[f"y_N{n}"]
+    y = iqkq.matmul(q, x, threads=2)
+    assert y.shape == yo.shape
+    scale = float(np.abs(yo).max())
+    err = float(np.abs(y - yo).max())
+    assert err <= 1e-4 * scale, f"N={n}: max|y - y_ik| = {err:g} > 1e-4 * {scale:g}"
+    if tname in BIT_EXACT_MATMUL:
+        np.testing.assert_array_equal(y.view(np.uint32), yo.view(np.uint32), err_msg=f"N={n}")
+    # a 1-D x gives the same values as the first row of a 2-D batch of one
+    if n == 1:
+        np.testing.assert_array_equal(iqkq.matmul(q, x[0], threads=1), y[0])
 
 
 def test_oracle_cases_present():
