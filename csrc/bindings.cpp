@@ -51,8 +51,8 @@ void check_op(int op) {
 IsaIndex isa_from_name(const std::string& name) {
     if (name == "scalar") return ISA_SCALAR;
     if (name == "avx2") return ISA_AVX2;
-    if (name == "avx512vnni") return ISA_VNNI;
-    throw std::invalid_argument("unknown ISA '" + name + "' (expected 'scalar', 'avx2' or 'avx512vnni')");
+    if (name == "avx512") return ISA_AVX512;
+    throw std::invalid_argument("unknown ISA '" + name + "' (expected 'scalar', 'avx2' or 'avx512')");
 }
 
 }  // namespace

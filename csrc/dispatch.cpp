@@ -34,9 +34,9 @@ bool detect_avx2() {
 #endif
 }
 
-// AVX512-VNNI and AVX512-VL (for VPDPBUSD on YMM registers), with the OS saving the AVX-512
-// state (EVEX-encoded instructions fault otherwise, even on YMM registers).
-bool detect_vnni() {
+// AVX-512 F, VL, BW, DQ, VNNI and VBMI, with the OS saving the AVX-512 state (EVEX-encoded
+// instructions fault otherwise, even on YMM registers).
+bool detect_avx512() {
 #if defined(IQKQ_HAVE_X86)
     if (!detect_avx2()) return false;
     unsigned lo, hi;
@@ -44,8 +44,9 @@ bool detect_vnni() {
     if ((lo & 0xe6u) != 0xe6u) return false;
     unsigned a, b, c, d;
     __cpuid_count(7, 0, a, b, c, d);
-    const bool avx512f = b & (1u << 16), avx512vl = b & (1u << 31), vnni = c & (1u << 11);
-    return avx512f && avx512vl && vnni;
+    const bool f = b & (1u << 16), dq = b & (1u << 17), bw = b & (1u << 30), vl = b & (1u << 31);
+    const bool vbmi = c & (1u << 1), vnni = c & (1u << 11);
+    return f && dq && bw && vl && vbmi && vnni;
 #else
     return false;
 #endif
@@ -75,12 +76,12 @@ struct Registry {
             register_avx2_iq3_xxs(tables[ISA_AVX2]);
         }
 #endif
-        supported[ISA_VNNI] = detect_vnni();
-        tables[ISA_VNNI] = tables[ISA_AVX2];
+        supported[ISA_AVX512] = detect_avx512();
+        tables[ISA_AVX512] = tables[ISA_AVX2];
 #if defined(IQKQ_HAVE_X86)
-        if (supported[ISA_VNNI]) register_vnni_q8_r8(tables[ISA_VNNI]);
+        if (supported[ISA_AVX512]) register_avx512_q8_r8(tables[ISA_AVX512]);
 #endif
-        active = supported[ISA_VNNI] ? ISA_VNNI : supported[ISA_AVX2] ? ISA_AVX2 : ISA_SCALAR;
+        active = supported[ISA_AVX512] ? ISA_AVX512 : supported[ISA_AVX2] ? ISA_AVX2 : ISA_SCALAR;
         if (const char* env = std::getenv("IQKQ_ISA")) {
             if (std::strcmp(env, "scalar") == 0) active = ISA_SCALAR;
             if (std::strcmp(env, "avx2") == 0 && supported[ISA_AVX2]) active = ISA_AVX2;
@@ -104,6 +105,6 @@ bool type_available(int type) {
     const TypeKernels& k = registry().tables[ISA_SCALAR].types[type];
     return k.quantize && k.dequantize && k.gemm;
 }
-const char* isa_name(IsaIndex isa) { return isa == ISA_VNNI ? "avx512vnni" : isa == ISA_AVX2 ? "avx2" : "scalar"; }
+const char* isa_name(IsaIndex isa) { return isa == ISA_AVX512 ? "avx512" : isa == ISA_AVX2 ? "avx2" : "scalar"; }
 
 }  // namespace iqkq

@@ -31,9 +31,10 @@ enum ActIndex : int {
     A_COUNT
 };
 
-// Kernel sets. ISA_VNNI = the AVX2 set with the int8 dot products of some kernels done by
-// VPDPBUSD on 256-bit registers (AVX512-VNNI + AVX512-VL); integer results are identical.
-enum IsaIndex : int { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_VNNI = 2, ISA_COUNT };
+// Kernel sets. ISA_AVX512 = the AVX2 set with some kernels replaced by AVX-512 versions
+// (VNNI dot products, VBMI byte permutes, 512-bit registers) on CPUs that have F, VL, BW,
+// DQ, VNNI and VBMI. Integer results are identical, so outputs are bit-identical.
+enum IsaIndex : int { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_AVX512 = 2, ISA_COUNT };
 
 // Quantize `nrows` rows (a multiple of the interleave) of K floats (row stride K) into row
 // groups at dst. `imatrix` is K importance weights or null. Rows are independent, so the
@@ -150,7 +151,7 @@ void register_avx2_q8_0(KernelTables& t);
 void register_avx2_q8_k_r8(KernelTables& t);
 void register_avx2_iq4_ks(KernelTables& t);
 void register_avx2_iq3_xxs(KernelTables& t);
-void register_vnni_q8_r8(KernelTables& t);
+void register_avx512_q8_r8(KernelTables& t);
 #endif
 
 }  // namespace iqkq

@@ -54,8 +54,8 @@ def _init_isa() -> None:
     want = os.environ.get("IQKQ_ISA")
     if want:
         want = want.strip().lower()
-        if want not in ("scalar", "avx2", "avx512vnni"):
-            raise ImportError(f"IQKQ_ISA must be 'scalar', 'avx2' or 'avx512vnni', got {want!r}")
+        if want not in ("scalar", "avx2", "avx512"):
+            raise ImportError(f"IQKQ_ISA must be 'scalar', 'avx2' or 'avx512', got {want!r}")
         if not _core.isa_supported(want):
             raise ImportError(f"IQKQ_ISA={want!r} but this CPU does not support it")
         _core.set_isa(want)

@@ -69,13 +69,14 @@ def _check_threads(n) -> int:
 
 
 def isa() -> str:
-    """The kernel set in use: ``"avx512vnni"`` (AVX2 kernels with VNNI int8 dot products,
-    picked when the CPU has AVX512-VNNI/VL), ``"avx2"`` or ``"scalar"``."""
+    """The kernel set in use: ``"avx512"`` (the AVX2 kernels with AVX-512 VNNI/VBMI versions
+    of some of them, picked when the CPU has AVX-512 F/VL/BW/DQ/VNNI/VBMI), ``"avx2"``
+    (AVX2 + FMA + F16C) or ``"scalar"`` (portable C++). All give bit-identical results."""
     return _core.isa()
 
 
 def set_isa(name: str) -> None:
-    """Switch the kernel set (``"avx512vnni"``, ``"avx2"`` or ``"scalar"``) for this process.
+    """Switch the kernel set (``"avx512"``, ``"avx2"`` or ``"scalar"``) for this process.
 
     Raises ValueError if the name is unknown or the CPU does not support it. Results of the
     two sets are identical (the scalar set is the reference the SIMD set is tested against).

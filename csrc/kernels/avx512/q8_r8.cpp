@@ -1,6 +1,6 @@
-// VNNI kernels for the 8-row interleaved int8 types (q8_0_r8, q8_k_r8), the workhorses of
-// the large-batch path. Compiled with -mavx512vnni -mavx512vl and used only on CPUs that
-// have them (dispatch.cpp); they operate on 256-bit registers.
+// AVX-512 kernels for the 8-row interleaved int8 types (q8_0_r8, q8_k_r8), the workhorses of
+// the large-batch path. Compiled with the AVX-512 flags (CMakeLists.txt) and used only on
+// CPUs that have them (dispatch.cpp).
 //
 // VPDPBUSD multiplies unsigned by signed bytes and adds groups of four into int32 lanes
 // without intermediate saturation. The weights are made unsigned by flipping their sign bit
@@ -272,7 +272,7 @@ void gemm_q8_0_r8(const GemmArgs& g) {
 
 }  // namespace
 
-void register_vnni_q8_r8(KernelTables& t) {
+void register_avx512_q8_r8(KernelTables& t) {
     t.types[T_Q8_0_R8].gemm = gemm_q8_0_r8;
     t.types[T_Q8_K_R8].gemm = gemm_q8_k_r8;
 }
