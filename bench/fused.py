@@ -7,13 +7,12 @@ silu(g) * u in numpy. MoE: iqkq.moe_up_gate on T tokens routed to n_used of E ex
 same per-expert loop of two iqkq.matmul calls plus numpy silu * mul and scatter.
 """
 import argparse
-import json
 import sys
 
 import numpy as np
 
 import iqkq
-from iqkq._bench import machine_summary, median_time
+from iqkq._bench import machine_summary, median_time, write_json
 
 
 def silu_mul(g, u):
@@ -78,9 +77,7 @@ def main(argv=None):
             res.append(r)
             print(f"{name:>10} MoE   T={T:<4d} t={th}  fused {tf * 1e3:8.3f} ms  unfused {tu * 1e3:8.3f} ms  "
                   f"speedup {r['speedup']:5.2f}x")
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"machine": machine_summary(), "results": res}, f, indent=1)
+    write_json(a.json, res)
     return 0
 
 

@@ -9,11 +9,10 @@ GFLOPS = 2*rows*K*N / t, with iqkq's activation quantization (and, for N >= 32, 
 conversion) inside t.
 """
 import argparse
-import json
 import sys
 
 import iqkq
-from iqkq._bench import machine_summary, matmul_sweep
+from iqkq._bench import machine_summary, matmul_sweep, write_json
 
 
 def main(argv=None):
@@ -31,9 +30,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     print(f"# {machine_summary()}; W = {a.rows} x {a.K}")
     res = matmul_sweep(a.types, a.ns, a.threads, a.rows, a.K, cold=not a.no_cold, min_time=a.min_time, torch=a.torch)
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"machine": machine_summary(), "results": res}, f, indent=1)
+    write_json(a.json, res)
     return 0
 
 

@@ -7,13 +7,12 @@ ik_llama.cpp figures in ../shared/anchors. When the `gguf` package is installed 
 quantizer/dequantizer is timed as a peer for the types it knows.
 """
 import argparse
-import json
 import sys
 
 import numpy as np
 
 import iqkq
-from iqkq._bench import machine_summary, median_time
+from iqkq._bench import machine_summary, median_time, write_json
 
 
 def gguf_peer(name):
@@ -66,9 +65,7 @@ def main(argv=None):
             qs = f"{mb / tq:9.1f} MB/s" if tq else "      n/a    "
             print(f"{'':>10} gguf-py (numpy) quantize {qs}  dequantize {mb / td:9.1f} MB/s")
             res.append(dict(type=name, peer="gguf-py", quantize_mbs=mb / tq if tq else None, dequantize_mbs=mb / td))
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"machine": machine_summary(), "results": res}, f, indent=1)
+    write_json(a.json, res)
     return 0
 
 

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "common.h"
+#include "types.h"
 
 namespace iqkq {
 namespace unary {
@@ -56,6 +57,22 @@ static inline float combine(float t, float u, float limit) {
         u = u < -limit ? -limit : (u > limit ? limit : u);
     }
     return u * t;
+}
+
+// Elements [i0, n) of the fused activation step, one at a time (the scalar reference, and
+// the tail of the SIMD version).
+static inline void fused_act_range(const float* g, const float* u, float* y, int64_t i0, int64_t n,
+                                   int64_t simd_count, int op, float limit) {
+    for (int64_t i = i0; i < n; ++i) {
+        const bool simd = i < simd_count;
+        float t;
+        switch (op) {
+            case OP_SILU: t = simd ? silu_simd(g[i]) : silu_libm(g[i]); break;
+            case OP_GELU: t = simd ? gelu_simd(g[i]) : gelu_libm(g[i]); break;
+            default: t = relu(g[i]); break;  // OP_RELU
+        }
+        y[i] = combine(t, u[i], limit);
+    }
 }
 
 }  // namespace unary

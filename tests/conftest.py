@@ -56,6 +56,16 @@ def isa(request):
         iqkq.set_isa(prev)
 
 
+def with_isa(name, fn, *args, **kw):
+    """fn(*args, **kw) evaluated with the given kernel set active."""
+    prev = iqkq.isa()
+    iqkq.set_isa(name)
+    try:
+        return fn(*args, **kw)
+    finally:
+        iqkq.set_isa(prev)
+
+
 def load(path):
     with np.load(path) as z:
         return {k: z[k] for k in z.files}

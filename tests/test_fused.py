@@ -6,7 +6,7 @@ from hypothesis import given, settings, strategies as st
 
 import iqkq
 from iqkq import _core
-from conftest import ISAS, TYPE_NAMES, load, oracle_cases, rng
+from conftest import ISAS, TYPE_NAMES, load, oracle_cases, rng, with_isa
 
 OPS = {"silu": 10, "gelu": 15, "relu": 6}
 
@@ -221,12 +221,7 @@ def test_activation_scalar_avx2_agree(op):
     n = g.size
     res = {}
     for name in ISAS:
-        prev = iqkq.isa()
-        iqkq.set_isa(name)
-        try:
-            res[name] = [_core.fused_act(g, u, n, n - 13, OPS[op], lim) for lim in (0.0, 7.0)]
-        finally:
-            iqkq.set_isa(prev)
+        res[name] = with_isa(name, lambda: [_core.fused_act(g, u, n, n - 13, OPS[op], lim) for lim in (0.0, 7.0)])
     for name in ISAS[1:]:
         for a, b in zip(res["scalar"], res[name]):
             np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32), err_msg=name)

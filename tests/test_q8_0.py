@@ -7,19 +7,10 @@ from hypothesis.extra import numpy as hnp
 
 import iqkq
 from iqkq import _core
-from conftest import ISAS, rng
+from conftest import ISAS, rng, with_isa
 from reference import q8_0_quantize, q8_2_dequant_x
 
 Q8 = ["q8_0", "q8_0_r8"]
-
-
-def with_isa(name, fn):
-    prev = iqkq.isa()
-    iqkq.set_isa(name)
-    try:
-        return fn()
-    finally:
-        iqkq.set_isa(prev)
 
 
 def adversarial_rows(K):

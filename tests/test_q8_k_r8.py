@@ -5,16 +5,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import iqkq
-from conftest import ISAS, rng
-
-
-def with_isa(name, fn):
-    prev = iqkq.isa()
-    iqkq.set_isa(name)
-    try:
-        return fn()
-    finally:
-        iqkq.set_isa(prev)
+from conftest import ISAS, rng, with_isa
 
 
 @np.errstate(all="ignore")

@@ -207,6 +207,15 @@ def matmul_sweep(type_names: List[str], Ns: List[int], threads_list: List[int], 
     return results
 
 
+def write_json(path: Optional[str], results: List[Dict]) -> None:
+    """Write bench results (with the machine summary) to path, if one is given."""
+    if path:
+        import json
+
+        with open(path, "w") as f:
+            json.dump({"machine": machine_summary(), "results": results}, f, indent=1)
+
+
 def machine_summary() -> str:
     cpu = "unknown CPU"
     try:

@@ -64,28 +64,6 @@ void dequantize_q8_0(const uint8_t* src, float* dst, int64_t nrows, int64_t K) {
     for (int64_t b = 0; b < nb; ++b) dequant_block(src + b * kBytes, dst + b * kBlock);
 }
 
-// One q8_0_r8 block from 8 q8_0 blocks (row r's block at src[r * row]) and back. A 32-byte
-// column l of the r8 block holds dwords (row 0..7, elements 4l..4l+3), i.e. the 8x8 dword
-// transpose of the 8 rows' quants.
-inline void transpose8x8_epi32(__m256i r[8]) {
-    const __m256i t0 = _mm256_unpacklo_epi32(r[0], r[1]), t1 = _mm256_unpackhi_epi32(r[0], r[1]);
-    const __m256i t2 = _mm256_unpacklo_epi32(r[2], r[3]), t3 = _mm256_unpackhi_epi32(r[2], r[3]);
-    const __m256i t4 = _mm256_unpacklo_epi32(r[4], r[5]), t5 = _mm256_unpackhi_epi32(r[4], r[5]);
-    const __m256i t6 = _mm256_unpacklo_epi32(r[6], r[7]), t7 = _mm256_unpackhi_epi32(r[6], r[7]);
-    const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
-    const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
-    const __m256i u4 = _mm256_unpacklo_epi64(t4, t6), u5 = _mm256_unpackhi_epi64(t4, t6);
-    const __m256i u6 = _mm256_unpacklo_epi64(t5, t7), u7 = _mm256_unpackhi_epi64(t5, t7);
-    r[0] = _mm256_permute2x128_si256(u0, u4, 0x20);
-    r[1] = _mm256_permute2x128_si256(u1, u5, 0x20);
-    r[2] = _mm256_permute2x128_si256(u2, u6, 0x20);
-    r[3] = _mm256_permute2x128_si256(u3, u7, 0x20);
-    r[4] = _mm256_permute2x128_si256(u0, u4, 0x31);
-    r[5] = _mm256_permute2x128_si256(u1, u5, 0x31);
-    r[6] = _mm256_permute2x128_si256(u2, u6, 0x31);
-    r[7] = _mm256_permute2x128_si256(u3, u7, 0x31);
-}
-
 void repack_to_r8(const uint8_t* src, uint8_t* dst, int64_t nrows, int64_t K) {
     const int64_t nb = K / kBlock;
     const size_t row = (size_t)nb * kBytes;
@@ -223,14 +201,8 @@ void gemm_q8_0_cols(const GemmArgs& g, int64_t n0) {
 }
 
 void gemm_q8_0(const GemmArgs& g) {
-    int64_t n = 0;
-    for (; n + 4 <= g.ncols; n += 4) gemm_q8_0_cols<4>(g, n);
-    switch (g.ncols - n) {
-        case 3: gemm_q8_0_cols<3>(g, n); break;
-        case 2: gemm_q8_0_cols<2>(g, n); break;
-        case 1: gemm_q8_0_cols<1>(g, n); break;
-        default: break;
-    }
+    static const ColsFn fns[] = {nullptr, gemm_q8_0_cols<1>, gemm_q8_0_cols<2>, gemm_q8_0_cols<3>, gemm_q8_0_cols<4>};
+    for_column_chunks(g, fns, 4);
 }
 
 // Kernel (B) for NC columns: per 8-row group and block, P (8 lanes = 8 rows) is the exact
@@ -283,14 +255,8 @@ void gemm_q8_0_r8_cols(const GemmArgs& g, int64_t n0) {
 }
 
 void gemm_q8_0_r8(const GemmArgs& g) {
-    int64_t n = 0;
-    for (; n + 4 <= g.ncols; n += 4) gemm_q8_0_r8_cols<4>(g, n);
-    switch (g.ncols - n) {
-        case 3: gemm_q8_0_r8_cols<3>(g, n); break;
-        case 2: gemm_q8_0_r8_cols<2>(g, n); break;
-        case 1: gemm_q8_0_r8_cols<1>(g, n); break;
-        default: break;
-    }
+    static const ColsFn fns[] = {nullptr, gemm_q8_0_r8_cols<1>, gemm_q8_0_r8_cols<2>, gemm_q8_0_r8_cols<3>, gemm_q8_0_r8_cols<4>};
+    for_column_chunks(g, fns, 4);
 }
 
 }  // namespace

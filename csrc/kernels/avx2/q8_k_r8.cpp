@@ -14,26 +14,6 @@ using q8_k_r8::kGroupBlock;
 
 inline __m256i load32(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
 
-// 8x8 transpose of 32-bit lanes.
-inline void transpose8x8_epi32(__m256i r[8]) {
-    const __m256i t0 = _mm256_unpacklo_epi32(r[0], r[1]), t1 = _mm256_unpackhi_epi32(r[0], r[1]);
-    const __m256i t2 = _mm256_unpacklo_epi32(r[2], r[3]), t3 = _mm256_unpackhi_epi32(r[2], r[3]);
-    const __m256i t4 = _mm256_unpacklo_epi32(r[4], r[5]), t5 = _mm256_unpackhi_epi32(r[4], r[5]);
-    const __m256i t6 = _mm256_unpacklo_epi32(r[6], r[7]), t7 = _mm256_unpackhi_epi32(r[6], r[7]);
-    const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
-    const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
-    const __m256i u4 = _mm256_unpacklo_epi64(t4, t6), u5 = _mm256_unpackhi_epi64(t4, t6);
-    const __m256i u6 = _mm256_unpacklo_epi64(t5, t7), u7 = _mm256_unpackhi_epi64(t5, t7);
-    r[0] = _mm256_permute2x128_si256(u0, u4, 0x20);
-    r[1] = _mm256_permute2x128_si256(u1, u5, 0x20);
-    r[2] = _mm256_permute2x128_si256(u2, u6, 0x20);
-    r[3] = _mm256_permute2x128_si256(u3, u7, 0x20);
-    r[4] = _mm256_permute2x128_si256(u0, u4, 0x31);
-    r[5] = _mm256_permute2x128_si256(u1, u5, 0x31);
-    r[6] = _mm256_permute2x128_si256(u2, u6, 0x31);
-    r[7] = _mm256_permute2x128_si256(u3, u7, 0x31);
-}
-
 void quantize_q8_k_r8(const float* src, uint8_t* dst, int64_t nrows, int64_t K, const float*) {
     const int64_t nb = K / kBlock;
     for (int64_t g = 0; g < nrows / 8; ++g) {
@@ -141,14 +121,8 @@ void gemm_cols(const GemmArgs& g, int64_t n0) {
 }
 
 void gemm_q8_k_r8(const GemmArgs& g) {
-    int64_t n = 0;
-    for (; n + 4 <= g.ncols; n += 4) gemm_cols<4>(g, n);
-    switch (g.ncols - n) {
-        case 3: gemm_cols<3>(g, n); break;
-        case 2: gemm_cols<2>(g, n); break;
-        case 1: gemm_cols<1>(g, n); break;
-        default: break;
-    }
+    static const ColsFn fns[] = {nullptr, gemm_cols<1>, gemm_cols<2>, gemm_cols<3>, gemm_cols<4>};
+    for_column_chunks(g, fns, 4);
 }
 
 }  // namespace

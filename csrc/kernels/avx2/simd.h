@@ -4,6 +4,8 @@
 #include <immintrin.h>
 #include <cstdint>
 
+#include "types.h"
+
 namespace iqkq {
 namespace avx2 {
 
@@ -58,5 +60,42 @@ static inline __m256i dot4_i8(__m256i w, __m256i a) {
     return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
 }
 
+// 8x8 transpose of 32-bit lanes: r[i] lane j <-> r[j] lane i. Moves 8 rows' 4-byte groups
+// into the column layout of the _r8 types and back.
+static inline void transpose8x8_epi32(__m256i r[8]) {
+    const __m256i t0 = _mm256_unpacklo_epi32(r[0], r[1]), t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+    const __m256i t2 = _mm256_unpacklo_epi32(r[2], r[3]), t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+    const __m256i t4 = _mm256_unpacklo_epi32(r[4], r[5]), t5 = _mm256_unpackhi_epi32(r[4], r[5]);
+    const __m256i t6 = _mm256_unpacklo_epi32(r[6], r[7]), t7 = _mm256_unpackhi_epi32(r[6], r[7]);
+    const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
+    const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+    const __m256i u4 = _mm256_unpacklo_epi64(t4, t6), u5 = _mm256_unpackhi_epi64(t4, t6);
+    const __m256i u6 = _mm256_unpacklo_epi64(t5, t7), u7 = _mm256_unpackhi_epi64(t5, t7);
+    r[0] = _mm256_permute2x128_si256(u0, u4, 0x20);
+    r[1] = _mm256_permute2x128_si256(u1, u5, 0x20);
+    r[2] = _mm256_permute2x128_si256(u2, u6, 0x20);
+    r[3] = _mm256_permute2x128_si256(u3, u7, 0x20);
+    r[4] = _mm256_permute2x128_si256(u0, u4, 0x31);
+    r[5] = _mm256_permute2x128_si256(u1, u5, 0x31);
+    r[6] = _mm256_permute2x128_si256(u2, u6, 0x31);
+    r[7] = _mm256_permute2x128_si256(u3, u7, 0x31);
+}
+
 }  // namespace avx2
+
+// Column dispatch shared by the SIMD kernels: a kernel is instantiated for a few column
+// counts NC (fns[NC], the others null); the batch is walked in chunks of the largest NC,
+// and the rest with the largest instantiation that fits.
+using ColsFn = void (*)(const GemmArgs& g, int64_t n0);
+static inline void for_column_chunks(const GemmArgs& g, const ColsFn* fns, int max_nc) {
+    int64_t n = 0;
+    for (; n + max_nc <= g.ncols; n += max_nc) fns[max_nc](g, n);
+    while (n < g.ncols) {
+        int r = (int)(g.ncols - n);
+        while (!fns[r]) --r;
+        fns[r](g, n);
+        n += r;
+    }
+}
+
 }  // namespace iqkq

@@ -64,16 +64,7 @@ void fused_act(const float* g, const float* u, float* y, int64_t n, int64_t simd
         }
         _mm256_storeu_ps(y + i, _mm256_mul_ps(uu, t));
     }
-    for (; i < n; ++i) {
-        const bool simd = i < simd_count;
-        float t;
-        switch (op) {
-            case OP_SILU: t = simd ? silu_simd(g[i]) : silu_libm(g[i]); break;
-            case OP_GELU: t = simd ? gelu_simd(g[i]) : gelu_libm(g[i]); break;
-            default: t = relu(g[i]); break;
-        }
-        y[i] = combine(t, u[i], limit);
-    }
+    fused_act_range(g, u, y, i, n, simd_count, op, limit);
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include "common.h"
 #include "formats/q8_0.h"
 #include "formats/q8_k_r8.h"
+#include "kernels/avx2/simd.h"
 #include "types.h"
 
 #include <immintrin.h>
@@ -148,18 +149,8 @@ void q8_k_r8_any(const GemmArgs& g, int64_t n0) {
 }
 
 void gemm_q8_k_r8(const GemmArgs& g) {
-    int64_t n = 0;
-    for (; n + 8 <= g.ncols; n += 8) q8_k_r8_any<8>(g, n);
-    if (g.ncols - n >= 4) {
-        q8_k_r8_any<4>(g, n);
-        n += 4;
-    }
-    switch (g.ncols - n) {
-        case 3: q8_k_r8_any<3>(g, n); break;
-        case 2: q8_k_r8_any<2>(g, n); break;
-        case 1: q8_k_r8_any<1>(g, n); break;
-        default: break;
-    }
+    static const ColsFn fns[] = {nullptr, q8_k_r8_any<1>, q8_k_r8_any<2>, q8_k_r8_any<3>, q8_k_r8_any<4>, nullptr, nullptr, nullptr, q8_k_r8_any<8>};
+    for_column_chunks(g, fns, 8);
 }
 
 // Kernel (B) q8_0_r8 x q8_2_x4, two 8-row groups per 512-bit register as above; a lone
@@ -256,18 +247,8 @@ void q8_0_r8_any(const GemmArgs& g, int64_t n0) {
 }
 
 void gemm_q8_0_r8(const GemmArgs& g) {
-    int64_t n = 0;
-    for (; n + 8 <= g.ncols; n += 8) q8_0_r8_any<8>(g, n);
-    if (g.ncols - n >= 4) {
-        q8_0_r8_any<4>(g, n);
-        n += 4;
-    }
-    switch (g.ncols - n) {
-        case 3: q8_0_r8_any<3>(g, n); break;
-        case 2: q8_0_r8_any<2>(g, n); break;
-        case 1: q8_0_r8_any<1>(g, n); break;
-        default: break;
-    }
+    static const ColsFn fns[] = {nullptr, q8_0_r8_any<1>, q8_0_r8_any<2>, q8_0_r8_any<3>, q8_0_r8_any<4>, nullptr, nullptr, nullptr, q8_0_r8_any<8>};
+    for_column_chunks(g, fns, 8);
 }
 
 }  // namespace
