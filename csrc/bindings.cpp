@@ -5,6 +5,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include <atomic>
 #include <stdexcept>
 #include <string>
 
@@ -230,5 +231,16 @@ PYBIND11_MODULE(_core, m) {
         py::array_t<float> y((py::ssize_t)n);
         active().fused_act(gp, up, y.mutable_data(), n, simd_count, op, limit);
         return y;
+    });
+    // Test hook: an exception thrown by a task on a pool thread reaches Python as an
+    // exception (instead of terminating the process), and the pool stays usable.
+    m.def("_pool_exception_check", [](int nthreads, int64_t ntasks, int64_t bad_task) {
+        std::atomic<int64_t> ran{0};
+        py::gil_scoped_release nogil;
+        parallel_for(nthreads, ntasks, [&](int64_t task, int) {
+            if (task == bad_task) throw std::runtime_error("task " + std::to_string(task) + " failed");
+            ran.fetch_add(1);
+        });
+        return ran.load();
     });
 }

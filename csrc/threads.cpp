@@ -55,15 +55,29 @@ public:
             std::this_thread::yield();
         }
         fn_ = nullptr;
+        if (error_) {
+            std::exception_ptr e = error_;
+            error_ = nullptr;
+            std::rethrow_exception(e);
+        }
         return true;
     }
 
 private:
+    // Runs tasks until none are left. An exception thrown by a task (e.g. std::bad_alloc) must
+    // not escape a worker thread (that would terminate the process): the first one is kept,
+    // the remaining tasks are skipped, and the caller rethrows it.
     void work(int thread) {
         for (;;) {
             const int64_t t = next_.fetch_add(1, std::memory_order_relaxed);
             if (t >= ntasks_) break;
-            (*fn_)(t, thread);
+            try {
+                (*fn_)(t, thread);
+            } catch (...) {
+                std::lock_guard<std::mutex> lk(err_mu_);
+                if (!error_) error_ = std::current_exception();
+                next_.store(ntasks_, std::memory_order_relaxed);
+            }
         }
     }
 
@@ -117,6 +131,8 @@ private:
     int active_helpers_ = 0;
     std::atomic<int64_t> next_{0};
     std::atomic<int> pending_{0};
+    std::mutex err_mu_;
+    std::exception_ptr error_;
 };
 
 Pool& pool() {

@@ -159,3 +159,16 @@ def test_gil_released_concurrent_calls():
         t.join()
     for o in out:
         np.testing.assert_array_equal(o, ref)
+
+
+def test_pool_propagates_task_exceptions():
+    """A failing task (e.g. an allocation failure) raises in Python instead of aborting, and
+    the thread pool keeps working afterwards."""
+    from iqkq import _core
+
+    for threads in (1, 2, 3):
+        with pytest.raises(RuntimeError, match="task 5 failed"):
+            _core._pool_exception_check(threads, 64, 5)
+        assert _core._pool_exception_check(threads, 64, -1) == 64
+    q = iqkq.quantize(np.ones((64, 256)), "q8_0")
+    assert iqkq.matmul(q, np.ones((40, 256)), threads=2).shape == (40, 64)

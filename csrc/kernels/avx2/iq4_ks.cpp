@@ -5,6 +5,7 @@
 //
 // No STL containers or shared inline functions here (see common.h).
 #include <cstdlib>
+#include <new>
 
 #include "common.h"
 #include "formats/iq4_ks.h"
@@ -280,7 +281,7 @@ void quantize_row(const float* x, uint8_t* out, int64_t K, const float* imatrix,
 void quantize_rows(const float* src, uint8_t* dst, int64_t nrows, int64_t K, const float* imatrix) {
     const int64_t rb = row_bytes(K);
     float* scratch = static_cast<float*>(std::malloc(sizeof(float) * (size_t)(K / kBlock + K / kSuper)));
-    if (!scratch) std::abort();
+    if (!scratch) throw std::bad_alloc();
     const Search sb = make_search(0), ss = make_search(1);
     for (int64_t r = 0; r < nrows; ++r)
         quantize_row(src + r * K, dst + r * rb, K, imatrix, scratch, scratch + K / kBlock, sb, ss);
@@ -372,7 +373,7 @@ void repack_from_r4(const uint8_t* src, uint8_t* dst, int64_t nrows, int64_t K) 
 void quantize_iq4_ks_r4(const float* src, uint8_t* dst, int64_t nrows, int64_t K, const float* imatrix) {
     const int64_t rb = row_bytes(K);
     uint8_t* tmp = static_cast<uint8_t*>(std::malloc((size_t)(4 * rb)));
-    if (!tmp) std::abort();
+    if (!tmp) throw std::bad_alloc();
     for (int64_t g = 0; g < nrows / 4; ++g) {
         quantize_rows(src + 4 * g * K, tmp, 4, K, imatrix);
         repack_group_to_r4(tmp, rb, dst + 4 * g * rb, K);
@@ -574,7 +575,7 @@ void gemm_iq4_ks(const GemmArgs& g) {
     if (g.ncols <= 4) {
         const int64_t nsuper = g.K / kSuper;
         uint8_t* paired = static_cast<uint8_t*>(std::malloc((size_t)(g.ncols * g.K)));
-        if (!paired) std::abort();
+        if (!paired) throw std::bad_alloc();
         for (int64_t n = 0; n < g.ncols; ++n) pair_activations(g.A + n * g.a_row_bytes, nsuper, paired + n * g.K);
         switch (g.ncols) {
             case 4: gemm_iq4_ks_paired<4>(g, 0, paired); break;
