@@ -165,7 +165,7 @@ PYBIND11_MODULE(_core, m) {
     // Private, for tests: the large-batch weight conversion of `type` (e.g. iq3_xxs -> q8_k_r8)
     // with the active kernel set; returns the rows of the target type. Works whether or not
     // the target type's own kernels are available.
-    m.def("convert_large_batch", [](int type, const py::array& src, int64_t rows, int64_t K) {
+    m.def("convert_large_batch", [](int type, const py::array& src, int64_t rows, int64_t K, int nthreads) {
         check_type(type);
         check_shape(type, rows, K);
         const int target = kTypes[type].large_batch;
@@ -179,10 +179,10 @@ PYBIND11_MODULE(_core, m) {
         uint8_t* o = out.mutable_data();
         {
             py::gil_scoped_release nogil;
-            fn(s, o, rows, K);
+            convert_large_batch(type, s, o, rows, K, nthreads);
         }
         return out;
-    });
+    }, py::arg("type"), py::arg("src"), py::arg("rows"), py::arg("K"), py::arg("nthreads") = 1);
     m.def("quantize_activations", [](int act, const py::array& x, int64_t N, int64_t K) {
         if (act < 0 || act >= A_COUNT) throw std::invalid_argument("invalid activation format");
         if (K <= 0 || K % kActs[act].block_size != 0) throw std::invalid_argument("bad K");

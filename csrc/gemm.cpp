@@ -80,6 +80,16 @@ void repack(int from, int to, const uint8_t* src, uint8_t* dst, int64_t rows, in
     });
 }
 
+void convert_large_batch(int type, const uint8_t* src, uint8_t* dst, int64_t rows, int64_t K, int nthreads) {
+    const RepackFn fn = active().types[type].to_large_batch;
+    const size_t rb = row_bytes(kTypes[type], K), trb = row_bytes(kTypes[kTypes[type].large_batch], K);
+    const int64_t rpt = rows_per_task(rows, (int64_t)rb * 4, 8);
+    parallel_for(nthreads, ceil_div(rows, rpt), [&](int64_t task, int) {
+        const int64_t r0 = task * rpt, nr = std::min(rpt, rows - r0);
+        fn(src + r0 * rb, dst + r0 * trb, nr, K);
+    });
+}
+
 void quantize_activations(int act, const float* X, size_t x_stride, int64_t N, int64_t K, uint8_t* dst, int nthreads) {
     const ActQuantFn fn = active().act_quant[act];
     const size_t ab = act_row_bytes((ActIndex)act, K);

@@ -199,14 +199,19 @@ def dequantize(q: QuantizedTensor, *, threads: Optional[int] = None) -> np.ndarr
 
 
 def repack(q: QuantizedTensor, qtype: Union[str, int, TypeInfo], *, threads: Optional[int] = None) -> QuantizedTensor:
-    """Convert between a type and its row-interleaved twin (e.g. ``q8_0`` <-> ``q8_0_r8``).
+    """Convert between a type and its row-interleaved twin (e.g. ``q8_0`` <-> ``q8_0_r8``), or
+    to the type's large-batch form (``iq4_ks`` / ``iq3_xxs`` -> ``q8_k_r8``).
 
-    The conversion is an exact byte permutation both ways; the values are unchanged.
+    Between twins the conversion is an exact byte permutation both ways; the values are
+    unchanged. To ``q8_k_r8`` it is ik_llama.cpp's on-the-fly conversion for large batches
+    (FORMATS.md §11.4): values are re-rounded to int8 with an fp16 scale per row and 256
+    columns, so it is lossy (about 0.5-1 % relative change of matmul results) but
+    ``matmul(repack(w, "q8_k_r8"), x)`` equals ``matmul(w, x, path="repack")`` bit for bit.
     Repacking to the tensor's own type returns it unchanged.
 
     Raises:
-        ValueError: the two types are not twins, or the row count is not a multiple of the
-        interleave of the target type.
+        ValueError: the types are neither twins nor a large-batch pair, or the row count is not
+        a multiple of the interleave of the target type.
 
     Example:
         >>> q = iqkq.quantize(np.ones((8, 64)), "q8_0")
@@ -218,8 +223,10 @@ def repack(q: QuantizedTensor, qtype: Union[str, int, TypeInfo], *, threads: Opt
     dst = type_info(qtype)
     if src.name == dst.name:
         return q
+    if _LARGE_BATCH.get(src.name) == dst.name and dst.base != src.name:
+        return _convert_large_batch(q, src, dst, threads)
     if not (dst.base == src.name or src.base == dst.name):
-        twins = [n for n in (src.base, src.interleaved) if n]
+        twins = [n for n in (src.base, src.interleaved, _LARGE_BATCH.get(src.name)) if n]
         hint = f"; {src.name} can be repacked to {', '.join(twins)}" if twins else f"; {src.name} has no repack twin"
         raise ValueError(f"cannot repack {src.name} to {dst.name}: they are not row-interleaved twins{hint}")
     _check_weight_shape(dst, q.shape)
@@ -230,6 +237,17 @@ def repack(q: QuantizedTensor, qtype: Union[str, int, TypeInfo], *, threads: Opt
     out = np.empty(q.nbytes, dtype=np.uint8)
     if rows_total:
         _core.repack(src.index, dst.index, q.data, out, rows_total, K, _check_threads(threads))
+    return QuantizedTensor(out, dst, q.shape)
+
+
+def _convert_large_batch(q: QuantizedTensor, src: TypeInfo, dst: TypeInfo, threads) -> QuantizedTensor:
+    _check_weight_shape(dst, q.shape)
+    K = q.shape[-1]
+    rows_total = int(np.prod(q.shape[:-1]))
+    if q.ndim == 3 and q.shape[1] % dst.interleave:
+        raise ValueError(f"cannot convert: rows per expert ({q.shape[1]}) must be a multiple of {dst.interleave}")
+    out = _core.convert_large_batch(src.index, q.data, rows_total, K, _check_threads(threads)) if rows_total \
+        else np.empty(0, np.uint8)
     return QuantizedTensor(out, dst, q.shape)
 
 
