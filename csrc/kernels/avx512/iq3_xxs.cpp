@@ -149,15 +149,18 @@ struct DecD {
 inline void decode_d(const uint8_t* blk, DecD& D) {
     const __m256i sas = ld32(blk + kSasOff);
     const __m256i fields = _mm256_multishift_epi64_epi8(ld32(kP.sign_shift), sas);
-    const __m512i sg = _mm512_permutex2var_epi8(ld64(gSigns), _mm512_castsi256_si512(fields), ld64(gSigns + 64));
+    const __m512i sg = _mm512_permutex2var_epi8(ld64(gSigns), _mm512_zextsi256_si512(fields), ld64(gSigns + 64));
     alignas(32) uint64_t neg[4];
     _mm256_store_si256(reinterpret_cast<__m256i*>(neg), _mm512_castsi512_si256(sg));
+    // Read the masks back with KMOVQ from memory: cheaper than moving them out of the vector
+    // register through general-purpose registers, which is what the compiler does otherwise.
+    __asm__ volatile("" : "+m"(neg));
     __m512i lo, hi;
     grid_seeds(ld64(blk + kQsOff), lo, hi);
     for (int j = 0; j < 4; ++j) D.u[j] = offset_weights(lo, hi, j, _cvtu64_mask64(neg[j]));
     const __m256i sc8 = _mm256_or_si256(_mm256_srli_epi32(sas, 27), _mm256_set1_epi32(1));  // 2*(sas >> 28) + 1
     D.mults = _mm256_or_si256(sc8, _mm256_slli_epi32(sc8, 16));
-    for (int j = 0; j < 4; ++j) D.sc[j] = _mm512_permutexvar_epi32(ld64(kD.d[j]), _mm512_castsi256_si512(sc8));
+    for (int j = 0; j < 4; ++j) D.sc[j] = _mm512_permutexvar_epi32(ld64(kD.d[j]), _mm512_zextsi256_si512(D.mults));
     D.dx = 0.25f * _cvtsh_ss(rd_u16(blk));
 }
 
@@ -171,11 +174,10 @@ inline __m256 d_update(__m256 acc, const uint8_t* as, float dx, __m256i mults, _
 
 // S_L of one column: lane L = elements 4L..4L+3 of every block, times the block multiplier.
 inline __m256i d_sums(const DecD& D, const uint8_t* as) {
-    const __m512i z = _mm512_setzero_si512();
-    __m512i s0 = _mm512_mullo_epi32(_mm512_dpbusd_epi32(z, D.u[0], ld64(as + 8)), D.sc[0]);
-    __m512i s1 = _mm512_mullo_epi32(_mm512_dpbusd_epi32(z, D.u[1], ld64(as + 72)), D.sc[1]);
-    s0 = _mm512_add_epi32(s0, _mm512_mullo_epi32(_mm512_dpbusd_epi32(z, D.u[2], ld64(as + 136)), D.sc[2]));
-    s1 = _mm512_add_epi32(s1, _mm512_mullo_epi32(_mm512_dpbusd_epi32(z, D.u[3], ld64(as + 200)), D.sc[3]));
+    __m512i s0 = _mm512_madd_epi16(_mm512_maddubs_epi16(D.u[0], ld64(as + 8)), D.sc[0]);
+    __m512i s1 = _mm512_madd_epi16(_mm512_maddubs_epi16(D.u[1], ld64(as + 72)), D.sc[1]);
+    s0 = _mm512_dpwssd_epi32(s0, _mm512_maddubs_epi16(D.u[2], ld64(as + 136)), D.sc[2]);
+    s1 = _mm512_dpwssd_epi32(s1, _mm512_maddubs_epi16(D.u[3], ld64(as + 200)), D.sc[3]);
     const __m512i s = _mm512_add_epi32(s0, s1);
     return _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64(s, 1));
 }
@@ -257,7 +259,7 @@ void gemm_iq3_xxs(const GemmArgs& g) {
 
 struct DecF {
     __m512i u[4][4];   // block pair c, row r
-    __m512i sc[4][4];  // multipliers of row r: block 2c in lanes 0..7, block 2c+1 in lanes 8..15
+    __m512i sc[4][4];  // multipliers of row r (two int16 copies): block 2c in lanes 0..7, 2c+1 in 8..15
     __m256i X[4];      // lane (r, h) of X[t]: int16 pair (mult(r, 2t), mult(r, 2t+1))
     __m256 d8;         // 0.25 * d of row l % 4
 };
@@ -273,9 +275,11 @@ inline void decode_f(const uint8_t* blk, DecF& D) {
         _mm512_store_si512(neg + 8 * s, _mm512_permutexvar_epi32(ld64(kD.f_signs), sg));
         const __m512i bits = _mm512_and_si512(x, _mm512_set1_epi8(1));
         const __m512i m16 = _mm512_maddubs_epi16(bits, _mm512_set1_epi32(0x10080402));
-        scz[s] = _mm512_add_epi32(_mm512_madd_epi16(m16, _mm512_set1_epi16(1)), _mm512_set1_epi32(1));
-        _mm512_store_si512(mult + 16 * s, scz[s]);
+        const __m512i sc = _mm512_add_epi32(_mm512_madd_epi16(m16, _mm512_set1_epi16(1)), _mm512_set1_epi32(1));
+        _mm512_store_si512(mult + 16 * s, sc);
+        scz[s] = _mm512_or_si512(sc, _mm512_slli_epi32(sc, 16));
     }
+    __asm__ volatile("" : "+m"(neg));  // masks: KMOVQ from memory (see decode_d)
     for (int c = 0; c < 4; ++c) {
         __m512i lo, hi;
         grid_seeds(ld64(blk + kR4QsOff + 64 * c), lo, hi);
@@ -314,13 +318,12 @@ inline __m256i fold(__m512i v) { return _mm256_add_epi32(_mm512_castsi512_si256(
 template <int CB>
 inline void f_cols(const DecF& D, const uint8_t* as, size_t astride, __m256* acc) {
     __m512i P[CB][4];
-    const __m512i z = _mm512_setzero_si512();
     for (int c = 0; c < 4; ++c) {
         for (int n = 0; n < CB; ++n) {
             const __m512i a = ld64(as + n * astride + 8 + 64 * c);
             for (int r = 0; r < 4; ++r) {
-                const __m512i t = _mm512_mullo_epi32(_mm512_dpbusd_epi32(z, D.u[c][r], a), D.sc[c][r]);
-                P[n][r] = c == 0 ? t : _mm512_add_epi32(P[n][r], t);
+                const __m512i p = _mm512_maddubs_epi16(D.u[c][r], a);
+                P[n][r] = c == 0 ? _mm512_madd_epi16(p, D.sc[c][r]) : _mm512_dpwssd_epi32(P[n][r], p, D.sc[c][r]);
             }
         }
     }
