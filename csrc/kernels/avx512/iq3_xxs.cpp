@@ -143,7 +143,8 @@ struct DecD {
     __m512i u[4];    // weights of blocks 2j, 2j+1
     __m512i sc[4];   // multipliers 2*sc + 1: block 2j in lanes 0..7, block 2j+1 in lanes 8..15
     __m256i mults;   // multiplier of block b as two int16 copies (dword b)
-    float dx;
+    __m256 dx;       // 0.25 * d in every lane
+    __m256 mdx64;    // -dx * 64 in every lane
 };
 
 inline void decode_d(const uint8_t* blk, DecD& D) {
@@ -161,15 +162,18 @@ inline void decode_d(const uint8_t* blk, DecD& D) {
     const __m256i sc8 = _mm256_or_si256(_mm256_srli_epi32(sas, 27), _mm256_set1_epi32(1));  // 2*(sas >> 28) + 1
     D.mults = _mm256_or_si256(sc8, _mm256_slli_epi32(sc8, 16));
     for (int j = 0; j < 4; ++j) D.sc[j] = _mm512_permutexvar_epi32(ld64(kD.d[j]), _mm512_zextsi256_si512(D.mults));
-    D.dx = 0.25f * _cvtsh_ss(rd_u16(blk));
+    // The scalar products of (D), computed in all 8 lanes (same IEEE operations in each).
+    const __m256 d = _mm256_cvtph_ps(_mm_set1_epi16((short)rd_u16(blk)));
+    D.dx = _mm256_mul_ps(_mm256_set1_ps(0.25f), d);
+    D.mdx64 = _mm256_mul_ps(_mm256_xor_ps(D.dx, _mm256_set1_ps(-0.0f)), _mm256_set1_ps(64.0f));
 }
 
 // The per-super-block float updates of (D) for one column: fma(cm, M, acc), then fma(c, S, acc).
-inline __m256 d_update(__m256 acc, const uint8_t* as, float dx, __m256i mults, __m256i S) {
-    const float dA = rd_f32(as);
-    const __m256i M = _mm256_madd_epi16(ld32(as + 264), mults);
-    acc = _mm256_fmadd_ps(_mm256_set1_ps((-dx * 64.0f) * dA), _mm256_cvtepi32_ps(M), acc);
-    return _mm256_fmadd_ps(_mm256_set1_ps(dx * dA), _mm256_cvtepi32_ps(S), acc);
+inline __m256 d_update(__m256 acc, const uint8_t* as, const DecD& D, __m256i S) {
+    const __m256 dA = _mm256_set1_ps(rd_f32(as));
+    const __m256i M = _mm256_madd_epi16(ld32(as + 264), D.mults);
+    acc = _mm256_fmadd_ps(_mm256_mul_ps(D.mdx64, dA), _mm256_cvtepi32_ps(M), acc);
+    return _mm256_fmadd_ps(_mm256_mul_ps(D.dx, dA), _mm256_cvtepi32_ps(S), acc);
 }
 
 // S_L of one column: lane L = elements 4L..4L+3 of every block, times the block multiplier.
@@ -184,7 +188,7 @@ inline __m256i d_sums(const DecD& D, const uint8_t* as) {
 
 template <int NC>
 inline void d_cols(const DecD& D, const uint8_t* as, size_t astride, __m256* acc) {
-    for (int n = 0; n < NC; ++n) acc[n] = d_update(acc[n], as + n * astride, D.dx, D.mults, d_sums(D, as + n * astride));
+    for (int n = 0; n < NC; ++n) acc[n] = d_update(acc[n], as + n * astride, D, d_sums(D, as + n * astride));
 }
 
 // NC <= 8 columns, accumulators in registers.
