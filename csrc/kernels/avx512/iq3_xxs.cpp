@@ -22,6 +22,7 @@
 #include "kernels/avx2/simd.h"
 #include "types.h"
 
+#include <cstdlib>
 #include <immintrin.h>
 
 // GCC 12 reports the _mm512_undefined_*() pass-through operands inside its own intrinsic
@@ -384,7 +385,209 @@ void gemm_f_many(const GemmArgs& g, int64_t n0, int nc) {
     }
 }
 
+// ------------------------------------------------------------------------------------------
+// Kernel (F) for two row groups (8 rows) at a time. Lane l = 8g + 2r + h of a 512-bit register
+// holds row r of group g, half h of a block, so that
+//  * the four quads of a half meet in one int32 lane through four chained VPDPBUSD, starting
+//    from -64 * (block sum of the half): the offset is removed on the way, and one VPMULLD per
+//    block applies the eight rows' multipliers;
+//  * the activations a lane needs depend only on h: one 64-bit broadcast (quad q of half 0,
+//    quad q of half 1, rearranged once per tile) serves all eight rows.
+// Register W(b, q) holds quad q of both halves of block b for the 8 rows. The integer I of
+// every (F) lane is the same as above; the float operations are those of (F).
+
+struct PatternsF8 {
+    uint8_t expand[4][64];  // W(b, q) from the seeds of [group 0 block b | group 1 block b]
+    uint8_t mask[2][64];    // VPERMT2B over (V of group 0, V of group 1), see decode_f8
+    int32_t sc[4][16];      // VPERMT2D over the multipliers of group 0 / 1: block 4s + bb
+    int32_t fin[16];        // lane 8g + 2r + h -> lane 8g + 4h + r
+    int32_t act[16];        // activation dwords of two blocks -> (q, 4 + q) pairs
+};
+constexpr PatternsF8 make_patterns_f8() {
+    PatternsF8 p{};
+    for (int q = 0; q < 4; ++q)
+        for (int t = 0; t < 8; ++t) {
+            const int g = t / 4, r = t % 4;
+            const int I0 = 32 * g + 8 * r + q, I1 = I0 + 4;
+            p.expand[q][8 * t + 0] = (uint8_t)I0;
+            p.expand[q][8 * t + 1] = (uint8_t)(64 + I0);
+            p.expand[q][8 * t + 2] = (uint8_t)I1;
+            p.expand[q][8 * t + 3] = (uint8_t)(64 + I1);
+        }
+    // V dword (block b - 4s, row r) holds the mask bytes of q = 0, 2, 1, 3.
+    for (int k = 0; k < 2; ++k)
+        for (int beta = 0; beta < 2; ++beta)
+            for (int q = 0; q < 4; ++q)
+                for (int t = 0; t < 8; ++t) {
+                    const int g = t / 4, r = t % 4;
+                    const int pos = (q & 1) * 2 + (q >> 1);
+                    p.mask[k][8 * (4 * beta + q) + t] = (uint8_t)(64 * g + 4 * (4 * (2 * k + beta) + r) + pos);
+                }
+    for (int bb = 0; bb < 4; ++bb)
+        for (int l = 0; l < 16; ++l) p.sc[bb][l] = 16 * (l / 8) + 4 * bb + (l % 8) / 2;
+    for (int l = 0; l < 16; ++l) {
+        const int g = l / 8, h = (l % 8) / 4, r = l % 4;
+        p.fin[l] = 8 * g + 2 * r + h;
+    }
+    for (int l = 0; l < 16; ++l) p.act[l] = 8 * (l / 8) + (l % 8) / 2 + 4 * (l % 2);
+    return p;
+}
+alignas(64) constexpr PatternsF8 kF8 = make_patterns_f8();
+
+// Activations of one column and super-block, rearranged: qa[b][q] = (dword q, dword 4 + q)
+// of block b's quants, off[b] = -64 * (bsums[2b], bsums[2b + 1]).
+struct ActF8 {
+    int64_t qa[8][4];
+    int64_t off[8];
+    float dA;
+    float pad[15];
+};
+
+inline void prepare_act_f8(const uint8_t* as, ActF8& P) {
+    for (int k = 0; k < 4; ++k)
+        _mm512_store_si512(&P.qa[2 * k][0], _mm512_permutexvar_epi32(ld64(kF8.act), ld64(as + 8 + 64 * k)));
+    const __m512i bs = _mm512_cvtepi16_epi32(ld32(as + 264));
+    _mm512_store_si512(P.off, _mm512_mullo_epi32(bs, _mm512_set1_epi32(-64)));
+    P.dA = rd_f32(as);
+}
+
+struct DecF8 {
+    __m512i u[8][4];  // W(b, q)
+    __m512i sc[8];    // lane 8g + 2r + h: multiplier of row r of group g, block b
+    __m512 d16;       // lane 8g + 4h + r: 0.25 * d of row r of group g
+};
+
+inline void decode_f8(const uint8_t* b0, const uint8_t* b1, DecF8& D) {
+    alignas(64) uint64_t neg[32];  // 4b + q
+    for (int s = 0; s < 2; ++s) {
+        __m512i V[2], M[2];
+        for (int g = 0; g < 2; ++g) {
+            const __m512i x = ld64((g ? b1 : b0) + kR4SasOff + 64 * s);  // dword 4(b - 4s) + r
+            const __m512i t = _mm512_and_si512(x, _mm512_set1_epi8((char)0xfe));
+            const __m512i sg = _mm512_xor_si512(t, _mm512_srli_epi32(t, 1));
+            // mask byte of W(b, q), row r: sign nibble q | sign nibble 4 + q << 4; V keeps
+            // them for q = 0, 2, 1, 3 in the bytes of each dword
+            const __m512i m4 = _mm512_set1_epi8(0x0f);
+            const __m512i lo = _mm512_and_si512(sg, m4), hi = _mm512_and_si512(_mm512_srli_epi32(sg, 4), m4);
+            const __m512i E = _mm512_or_si512(lo, _mm512_srli_epi32(lo, 12));
+            const __m512i O = _mm512_or_si512(hi, _mm512_srli_epi32(hi, 12));
+            V[g] = _mm512_mask_blend_epi16(0xaaaaaaaa, E, _mm512_slli_epi32(O, 16));
+            const __m512i bits = _mm512_and_si512(x, _mm512_set1_epi8(1));
+            const __m512i m16 = _mm512_maddubs_epi16(bits, _mm512_set1_epi32(0x10080402));
+            M[g] = _mm512_add_epi32(_mm512_madd_epi16(m16, _mm512_set1_epi16(1)), _mm512_set1_epi32(1));
+        }
+        for (int k = 0; k < 2; ++k)
+            _mm512_store_si512(neg + 8 * (2 * s + k), _mm512_permutex2var_epi8(V[0], ld64(kF8.mask[k]), V[1]));
+        for (int bb = 0; bb < 4; ++bb) D.sc[4 * s + bb] = _mm512_permutex2var_epi32(M[0], ld64(kF8.sc[bb]), M[1]);
+    }
+    __asm__ volatile("" : "+m"(neg));  // masks: KMOVQ from memory (see decode_d)
+    for (int b = 0; b < 8; ++b) {
+        const __m512i idx = _mm512_mask_loadu_epi64(_mm512_castsi256_si512(ld32(b0 + kR4QsOff + 32 * b)), 0xf0,
+                                                    b1 + kR4QsOff + 32 * b - 32);
+        __m512i lo, hi;
+        grid_seeds(idx, lo, hi);
+        for (int q = 0; q < 4; ++q) {
+            const __m512i src = _mm512_permutex2var_epi8(lo, ld64(kF8.expand[q]), hi);
+            const __m512i lev = _mm512_multishift_epi64_epi8(ld64(kP.level_shift), src);
+            const __m512i pos = _mm512_permutexvar_epi8(lev, ld64(kP.offset_mag));
+            D.u[b][q] = _mm512_mask_sub_epi8(pos, _cvtu64_mask64(neg[4 * b + q]), _mm512_set1_epi8((char)128), pos);
+        }
+    }
+    const __m128 d0 = _mm_mul_ps(_mm_set1_ps(0.25f), _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b0))));
+    const __m128 d1 = _mm_mul_ps(_mm_set1_ps(0.25f), _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b1))));
+    D.d16 = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set_m128(d0, d0)), _mm256_set_m128(d1, d1), 1);
+}
+
+template <int CB>
+inline void f8_cols(const DecF8& D, const ActF8* P, size_t pstride, __m512* acc) {
+    __m512i T[CB];
+    for (int b = 0; b < 8; ++b) {
+        for (int n = 0; n < CB; ++n) {
+            const ActF8& p = P[n * pstride];
+            __m512i h = _mm512_set1_epi64(p.off[b]);
+            h = _mm512_dpbusd_epi32(h, D.u[b][0], _mm512_set1_epi64(p.qa[b][0]));
+            h = _mm512_dpbusd_epi32(h, D.u[b][1], _mm512_set1_epi64(p.qa[b][1]));
+            h = _mm512_dpbusd_epi32(h, D.u[b][2], _mm512_set1_epi64(p.qa[b][2]));
+            h = _mm512_dpbusd_epi32(h, D.u[b][3], _mm512_set1_epi64(p.qa[b][3]));
+            const __m512i v = _mm512_mullo_epi32(h, D.sc[b]);
+            T[n] = b == 0 ? v : _mm512_add_epi32(T[n], v);
+        }
+    }
+    for (int n = 0; n < CB; ++n) {
+        const __m512i I = _mm512_permutexvar_epi32(ld64(kF8.fin), T[n]);
+        acc[n] = _mm512_fmadd_ps(_mm512_mul_ps(D.d16, _mm512_set1_ps(P[n * pstride].dA)), _mm512_cvtepi32_ps(I), acc[n]);
+    }
+}
+
+inline void store_r4_pair(float* C, __m512 acc) {
+    store_r4(C, _mm512_castps512_ps256(acc));
+    store_r4(C + 4, _mm512_extractf32x8_ps(acc, 1));
+}
+
+void gemm_f_one_group(const GemmArgs& g);
+
+// Pairs of row groups; the activations of up to `chunk` columns are rearranged per tile.
+void gemm_f8(const GemmArgs& g) {
+    const int64_t nbl = g.K / kQK;
+    const int64_t npairs = g.nrows / 8;
+    int64_t chunk = (128 * 1024) / (nbl * (int64_t)sizeof(ActF8));
+    chunk = chunk < 8 ? 8 : (chunk > kMaxCols ? kMaxCols : chunk);
+    const int64_t cols = g.ncols < chunk ? g.ncols : chunk;
+    void* raw = std::malloc((size_t)(cols * nbl) * sizeof(ActF8) + 64);
+    if (!raw) {  // no memory for the rearranged activations: one group at a time
+        for (int64_t grp = 0; grp < 2 * npairs; ++grp) {
+            GemmArgs one = g;
+            one.W = g.W + grp * g.w_group_bytes;
+            one.nrows = 4;
+            one.C = g.C + 4 * grp;
+            gemm_f_one_group(one);
+        }
+        return;
+    }
+    ActF8* buf = reinterpret_cast<ActF8*>(((uintptr_t)raw + 63) & ~(uintptr_t)63);
+    for (int64_t n0 = 0; n0 < g.ncols; n0 += chunk) {
+        const int nc = (int)(g.ncols - n0 < chunk ? g.ncols - n0 : chunk);
+        for (int n = 0; n < nc; ++n)
+            for (int64_t i = 0; i < nbl; ++i) prepare_act_f8(g.A + (n0 + n) * g.a_row_bytes + 296 * i, buf[n * nbl + i]);
+        for (int64_t pr = 0; pr < npairs; ++pr) {
+            const uint8_t* w0 = g.W + 2 * pr * g.w_group_bytes;
+            const uint8_t* w1 = w0 + g.w_group_bytes;
+            __m512 acc[kMaxCols];
+            for (int n = 0; n < nc; ++n) acc[n] = _mm512_setzero_ps();
+            for (int64_t i = 0; i < nbl; ++i) {
+                DecF8 D;
+                decode_f8(w0 + i * kR4Bytes, w1 + i * kR4Bytes, D);
+                const ActF8* P = buf + i;
+                int n = 0;
+                for (; n + 4 <= nc; n += 4) f8_cols<4>(D, P + n * nbl, (size_t)nbl, acc + n);
+                switch (nc - n) {
+                    case 3: f8_cols<3>(D, P + n * nbl, (size_t)nbl, acc + n); break;
+                    case 2: f8_cols<2>(D, P + n * nbl, (size_t)nbl, acc + n); break;
+                    case 1: f8_cols<1>(D, P + n * nbl, (size_t)nbl, acc + n); break;
+                    default: break;
+                }
+            }
+            for (int n = 0; n < nc; ++n) store_r4_pair(g.C + (n0 + n) * g.ldc + 8 * pr, acc[n]);
+        }
+    }
+    std::free(raw);
+}
+
 void gemm_iq3_xxs_r4(const GemmArgs& g) {
+    if (g.nrows >= 8) {
+        gemm_f8(g);
+        if (g.nrows % 8 == 0) return;
+        GemmArgs last = g;  // the odd row group
+        last.W = g.W + (g.nrows / 4 - 1) * g.w_group_bytes;
+        last.nrows = 4;
+        last.C = g.C + (g.nrows - 4);
+        gemm_f_one_group(last);
+        return;
+    }
+    gemm_f_one_group(g);
+}
+
+void gemm_f_one_group(const GemmArgs& g) {
     switch (g.ncols) {
         case 1: gemm_f_small<1>(g); return;
         case 2: gemm_f_small<2>(g); return;
