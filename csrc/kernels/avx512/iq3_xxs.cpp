@@ -12,11 +12,16 @@
 //  3. Signs: bit p of a 64-bit mask says weight p is negative; a masked byte subtraction
 //     turns 64 + g into 64 - g. The iq3_xxs masks are ksigns (VPERMT2B over the 128-entry
 //     table) of 7-bit fields cut out of the sas words by VPMULTISHIFTQB.
-// The unsigned weights u = 64 + sigma*g meet the activations in VPDPBUSD (4 products per
-// int32 lane, no saturation), the block multiplier 2*sc + 1 is applied with VPMULLD, and the
-// offset 64 is removed with the q8_K block sums exactly as the AVX2 kernels do. All integer
-// sums are exact and the float operations are those of (D) / (F) in the same order, so the
-// results are bit-identical to the scalar and AVX2 kernels.
+// The unsigned weights u = 64 + sigma*g are then multiplied with the activations as in the
+// AVX2 kernels, the offset 64 being removed with the q8_K block sums:
+//  * (D), one row at a time: VPMADDUBSW, then VPMADDWD / VPDPWSSD with the block multipliers
+//    2*sc + 1 (tried instead: VPDPBUSD + VPMULLD, and VPDPBUSD on u/2 with two blocks paired
+//    per VPMADDWD; neither was faster on Zen 4);
+//  * (F), two row groups at a time (see gemm_f8): four chained VPDPBUSD per half block and
+//    one VPMULLD per block, with the activations rearranged once per tile; a lone row group
+//    uses the one-group kernel.
+// All integer sums are exact and the float operations are those of (D) / (F) in the same
+// order, so the results are bit-identical to the scalar and AVX2 kernels.
 #include "common.h"
 #include "formats/iq3_xxs.h"
 #include "kernels/avx2/simd.h"
@@ -142,7 +147,7 @@ inline __m512i offset_weights(__m512i lo, __m512i hi, int j, __mmask64 neg) {
 
 struct DecD {
     __m512i u[4];    // weights of blocks 2j, 2j+1
-    __m512i sc[4];   // multipliers 2*sc + 1: block 2j in lanes 0..7, block 2j+1 in lanes 8..15
+    __m512i sc[4];   // multipliers 2*sc + 1 (two int16 copies): block 2j in lanes 0..7, 2j+1 in 8..15
     __m256i mults;   // multiplier of block b as two int16 copies (dword b)
     __m256 dx;       // 0.25 * d in every lane
     __m256 mdx64;    // -dx * 64 in every lane
