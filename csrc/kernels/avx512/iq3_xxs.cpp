@@ -560,6 +560,15 @@ void gemm_f8(const GemmArgs& g) {
             __m512 acc[kMaxCols];
             for (int n = 0; n < nc; ++n) acc[n] = _mm512_setzero_ps();
             for (int64_t i = 0; i < nbl; ++i) {
+                // The hardware prefetchers follow each group's stream but not the jump to the
+                // next pair (its second group was never touched): fetch the next pair's
+                // super-block i now, a whole pair of super-block rows ahead.
+                // (Integer addresses: past the last pair they point beyond W; prefetches never fault.)
+                const uintptr_t next = (uintptr_t)w0 + 2 * g.w_group_bytes + (uintptr_t)(i * kR4Bytes);
+                for (int k = 0; k < kR4Bytes; k += 64) {
+                    _mm_prefetch(reinterpret_cast<const char*>(next + k), _MM_HINT_T0);
+                    _mm_prefetch(reinterpret_cast<const char*>(next + g.w_group_bytes + k), _MM_HINT_T0);
+                }
                 DecF8 D;
                 decode_f8(w0 + i * kR4Bytes, w1 + i * kR4Bytes, D);
                 const ActF8* P = buf + i;
