@@ -79,7 +79,10 @@ struct Registry {
         supported[ISA_AVX512] = detect_avx512();
         tables[ISA_AVX512] = tables[ISA_AVX2];
 #if defined(IQKQ_HAVE_X86)
-        if (supported[ISA_AVX512]) register_avx512_q8_r8(tables[ISA_AVX512]);
+        if (supported[ISA_AVX512]) {
+            register_avx512_q8_r8(tables[ISA_AVX512]);
+            register_avx512_iq3_xxs(tables[ISA_AVX512]);
+        }
 #endif
         active = supported[ISA_AVX512] ? ISA_AVX512 : supported[ISA_AVX2] ? ISA_AVX2 : ISA_SCALAR;
         if (const char* env = std::getenv("IQKQ_ISA")) {

@@ -1,7 +1,8 @@
 """iq3_xxs (ggml id 18) and iq3_xxs_r4 (id 218) beyond the oracle vectors.
 
 * scalar reference vs AVX2: identical quantization bytes (the AVX2 quantizer uses a different,
-  vectorised search), identical dequantization bits, identical matmul bits;
+  vectorised search), identical dequantization bits, identical matmul bits (also AVX-512, for
+  every column count 1..70 on crafted bytes);
 * thread-count independence;
 * format properties of everything the quantizer writes (hypothesis): decoded values are
   +-db * g with g in the grid magnitudes, even sign parity per group of 8, error bounds;
@@ -469,6 +470,82 @@ def test_matmul_scalar_avx2_and_reference(qtype, rows):
         assert np.all(np.abs(ys[0] - ref) <= bound * 1.01 + 1e-4 * np.abs(ref).max())
 
 
+def crafted_iq3_xxs(rows, K, seed):
+    """Raw iq3_xxs rows that reach every decoder path: every grid index in every position,
+    every 7-bit sign index in every group, every scale code, all-zero super-blocks and plain
+    random bytes; d is a finite fp16 (random sign and exponent)."""
+    g = rng(seed)
+    nbl = K // 256
+    blk = g.integers(0, 256, (rows, nbl, 98), dtype=np.uint8)
+    nsb = rows * nbl
+    d = (g.standard_normal(nsb) * np.exp2(g.integers(-6, 6, nsb))).astype(np.float16)
+    blk.reshape(nsb, 98)[:, 0:2] = d.view(np.uint8).reshape(nsb, 2)
+    flat = blk.reshape(nsb, 98)
+    # grid indices: 0..255 cycling through all positions, shifted per super-block
+    for s in range(nsb):
+        flat[s, 2:66] = (np.arange(64) * 4 + s) % 256 if s % 3 == 0 else flat[s, 2:66]
+    # sign indices 0..127 over the 4 groups and scale codes 0..15
+    sas = flat[:, 66:98].copy().view(np.uint32).reshape(nsb, 8)
+    k = np.arange(nsb * 8, dtype=np.uint32).reshape(nsb, 8)
+    crafted = np.zeros_like(sas)
+    for m in range(4):
+        crafted |= ((k * 4 + m * 37) % 128) << np.uint32(7 * m)
+    crafted |= (k % 16) << np.uint32(28)
+    sas[1::2] = crafted[1::2]
+    flat[:, 66:98] = sas.view(np.uint8).reshape(nsb, 32)
+    flat[nsb // 2] = 0  # an all-zero super-block (d = 0)
+    flat[nsb // 3, 2:66] = 255  # largest index everywhere
+    flat[nsb // 3, 66:98] = 0xFF  # all signs set (parity completes), scale 15
+    return blk.reshape(-1)
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+def test_matmul_all_isas_every_n_crafted(qtype):
+    """Every kernel set gives the same bits for N = 1..70 (the SIMD kernels switch code paths
+    by column count) on crafted weight bytes and activations with extreme q8_K values."""
+    rows, K = 8, 512
+    data = crafted_iq3_xxs(rows, K, 21)
+    q = iqkq.QuantizedTensor(data, "iq3_xxs", (rows, K))
+    if qtype == "iq3_xxs_r4":
+        q = iqkq.repack(q, "iq3_xxs_r4")
+    g = rng(22)
+    x = g.standard_normal((70, K)).astype(np.float32)
+    x[1] = 1.0  # every quant 127
+    x[2] = -1.0  # every quant -127
+    x[3, ::2], x[3, 1::2] = 5.0, -5.0
+    x[4] = 0.0
+    x[5, :256] *= 1e4  # super-blocks with very different scales
+    x[6] = np.where(g.random(K) < 0.5, 1.0, -1.0) * 1e-30
+    x[7, 100] = 1.0  # one-hot
+    x[8:] *= np.exp(g.standard_normal((62, 1)) * 3).astype(np.float32)
+    for n in range(1, 71):
+        ys = both_isas(iqkq.matmul, q, x[:n], threads=1, path="direct")
+        for isa_name, y in zip(ISAS[1:], ys[1:]):
+            np.testing.assert_array_equal(y.view(np.uint32), ys[0].view(np.uint32), err_msg=f"{isa_name} N={n}")
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+def test_matmul_nonfinite_activations(qtype):
+    """NaN / inf activations do not crash any kernel set; finite columns keep their bits."""
+    rows, K = 8, 512
+    q = iqkq.QuantizedTensor(crafted_iq3_xxs(rows, K, 23), "iq3_xxs", (rows, K))
+    if qtype == "iq3_xxs_r4":
+        q = iqkq.repack(q, "iq3_xxs_r4")
+    g = rng(24)
+    for n in (1, 2, 3, 5, 9, 33):
+        x = g.standard_normal((n, K)).astype(np.float32)
+        x[0, 3] = np.nan
+        if n > 1:
+            x[1, 300] = np.inf
+        if n > 2:
+            x[2, 7] = -np.inf
+        ys = both_isas(iqkq.matmul, q, x, threads=1, path="direct")
+        for y in ys:
+            assert y.shape == (n, rows)
+            if n > 3:
+                np.testing.assert_array_equal(y[3:].view(np.uint32), ys[0][3:].view(np.uint32))
+
+
 @pytest.mark.parametrize("qtype", TYPES)
 def test_matmul_special_values(qtype, isa):
     g = rng(13)
@@ -497,7 +574,7 @@ def test_thread_determinism(qtype):
     ds = [iqkq.dequantize(qs[0], threads=t) for t in (1, 2, 3)]
     for d in ds[1:]:
         np.testing.assert_array_equal(d, ds[0])
-    for n in (1, 6, 40):
+    for n in (1, 3, 6, 17, 40):
         x = g.standard_normal((n, 1024)).astype(np.float32)
         ys = [iqkq.matmul(qs[0], x, threads=t) for t in (1, 2, 3)]
         for y in ys[1:]:
