@@ -16,6 +16,10 @@
 
 #include <immintrin.h>
 
+// GCC 12's AVX-512 headers build results on _mm512_undefined_*() and then warn that those
+// may be used uninitialised; the warnings are about the headers, not this code.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 namespace iqkq {
 namespace {
 
