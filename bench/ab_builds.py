@@ -8,6 +8,9 @@ figure is the minimum over --reps calls. Hot: the same W every call. Cold (N=1):
 uses the next of >= 256 MB of weight copies, reported as GB/s of weights. Activation
 quantization is inside the timed call, as in iqkq.matmul. The outputs of the two builds are
 compared bit for bit ("same" / "DIFF").
+
+Multi-thread figures are less reliable than single-thread ones: each loaded module has its
+own thread pool, whose workers spin briefly after a call while the other module runs.
 """
 import argparse
 import importlib.util
