@@ -82,6 +82,7 @@ struct Registry {
         if (supported[ISA_AVX512]) {
             register_avx512_q8_r8(tables[ISA_AVX512]);
             register_avx512_iq3_xxs(tables[ISA_AVX512]);
+            register_avx512_iq4_ks(tables[ISA_AVX512]);
         }
 #endif
         active = supported[ISA_AVX512] ? ISA_AVX512 : supported[ISA_AVX2] ? ISA_AVX2 : ISA_SCALAR;

@@ -153,6 +153,7 @@ void register_avx2_iq4_ks(KernelTables& t);
 void register_avx2_iq3_xxs(KernelTables& t);
 void register_avx512_q8_r8(KernelTables& t);
 void register_avx512_iq3_xxs(KernelTables& t);
+void register_avx512_iq4_ks(KernelTables& t);
 #endif
 
 }  // namespace iqkq
