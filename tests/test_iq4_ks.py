@@ -332,6 +332,131 @@ def test_matmul_shifted_blocks_exact_ints(isa):
         np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
+def crafted_iq4_ks(rows, K, seed):
+    """Raw iq4_ks rows that reach every decoder path of the SIMD kernels: every nibble value in
+    every position of both halves, every scale byte (codes 0..127 with and without the shifted
+    table, so multipliers -127..127), all-zero super-blocks, rows of extreme nibbles and plain
+    random bytes; D is finite with random sign and exponent."""
+    g = np.random.default_rng(seed)
+    ns = K // 256
+    rb = 4 + 136 * ns
+    data = g.integers(0, 256, (rows, rb), dtype=np.uint8)
+    D = (g.standard_normal(rows) * np.exp2(g.integers(-20, 20, rows))).astype(np.float32)
+    data[:, :4] = D.view(np.uint8).reshape(rows, 4)
+    sb = data[:, 4:].reshape(rows * ns, 136)  # view
+    n = rows * ns
+    # scale bytes 0..255 cycling through all blocks (shift bit = bit 0, code = bits 1..7)
+    sb[:, :8] = (np.arange(n * 8) * 37 % 256).reshape(n, 8).astype(np.uint8)
+    # nibbles: (lo, hi) = (k, 15 - k) and (k, k) patterns on every other super-block
+    k = np.arange(128) % 16
+    sb[0::2, 8:] = (k | ((15 - k) << 4)).astype(np.uint8)
+    sb[1::4, 8:] = (((k + 5) % 16) | (((k * 7) % 16) << 4)).astype(np.uint8)
+    sb[n // 2] = 0  # all-zero super-block: scale byte 0 (ls = -127, base table), index 0
+    sb[n // 3, :8] = 0xff  # ls = +127, shifted table, with the largest index
+    sb[n // 3, 8:] = 0xff
+    sb[n // 5, :8] = 0x01  # ls = -127, shifted table, smallest index
+    sb[n // 5, 8:] = 0x00
+    return data.reshape(-1)
+
+
+def crafted_activations(n, K, seed):
+    """Activation rows with extreme q8_K values (+-127 everywhere), sign patterns, zero rows,
+    one-hot rows, super-blocks of very different scales and random rows."""
+    g = np.random.default_rng(seed)
+    x = g.standard_normal((max(n, 9), K)).astype(np.float32)
+    x[1] = 1.0  # every quant 127
+    x[2] = -1.0  # every quant -127
+    x[3, ::2], x[3, 1::2] = 5.0, -5.0
+    x[4] = 0.0
+    x[5, :256] *= 1e4
+    x[6] = np.where(g.random(K) < 0.5, 1.0, -1.0) * 1e-30
+    x[7, 100] = 1.0
+    x[8:] *= np.exp(g.standard_normal((x.shape[0] - 8, 1)) * 3).astype(np.float32)
+    return x[:n]
+
+
+def crafted_tensor(t, rows, K, seed):
+    q = iqkq.QuantizedTensor(crafted_iq4_ks(rows, K, seed), "iq4_ks", (rows, K))
+    return iqkq.repack(q, t) if t != "iq4_ks" else q
+
+
+def _matmul_on(isa_name, q, x, **kw):
+    with use_isa(isa_name):
+        return iqkq.matmul(q, x, **kw)
+
+
+# (type, rows): odd row / group counts leave a lone row / group for the pair kernels; 40 rows
+# of iq4_ks take the large-batch path for N >= 32 by default.
+@pytest.mark.parametrize("t,rows", [("iq4_ks", 13), ("iq4_ks", 40), ("iq4_ks_r4", 12), ("iq4_ks_r4", 32)])
+@pytest.mark.parametrize("path", ["direct", "auto"])
+def test_matmul_all_isas_every_n_crafted(t, rows, path):
+    """Every kernel set gives the scalar bits for N = 1..70 (the SIMD kernels switch code paths
+    by column count) on crafted weight bytes and activations with extreme q8_K values."""
+    K = 512
+    q = crafted_tensor(t, rows, K, 31)
+    x = crafted_activations(70, K, 32)
+    for n in range(1, 71):
+        ref = _matmul_on("scalar", q, x[:n], threads=1, path=path)
+        for name in ISAS[1:]:
+            y = _matmul_on(name, q, x[:n], threads=1, path=path)
+            np.testing.assert_array_equal(y.view(np.uint32), ref.view(np.uint32), err_msg=f"{name} {t} N={n} {path}")
+
+
+@pytest.mark.parametrize("t", TYPES)
+def test_matmul_crafted_matches_reference(t):
+    """The crafted bytes give finite results close to the float64 dot product of the decoded
+    weights (every decoder path produces the values of FORMATS.md §6.2)."""
+    rows, K = 16, 768
+    q = crafted_tensor(t, rows, K, 33)
+    x = crafted_activations(9, K, 34)
+    deq = iqkq.dequantize(q).astype(np.float64)
+    for name in ISAS:
+        y = _matmul_on(name, q, x, threads=1, path="direct")
+        ref = x.astype(np.float64) @ deq.T
+        xs = np.abs(x.reshape(9, -1, 256)).max(axis=2) / 127 * 0.5
+        bound = (xs[:, None, :] * np.abs(deq).reshape(rows, -1, 256).sum(axis=2)[None, :, :]).sum(axis=2)
+        assert np.all(np.abs(y - ref) <= bound * 1.01 + 1e-5 * np.abs(ref).max()), name
+
+
+@pytest.mark.parametrize("t", TYPES)
+def test_matmul_nonfinite_activations(t):
+    """NaN / inf activations do not crash any kernel set; the finite columns keep the bits they
+    have when computed without the others."""
+    rows, K = 16, 512
+    q = crafted_tensor(t, rows, K, 35)
+    g = np.random.default_rng(36)
+    for n in (1, 2, 3, 5, 9, 33, 70):
+        x = g.standard_normal((n, K)).astype(np.float32)
+        x[0, 3] = np.nan
+        if n > 1:
+            x[1, 300] = np.inf
+        if n > 2:
+            x[2, 7] = -np.inf
+        for path in ("direct", "auto"):
+            ys = [_matmul_on(name, q, x, threads=1, path=path) for name in ISAS]
+            for y in ys:
+                assert y.shape == (n, rows)
+            if n > 3:
+                alone = _matmul_on("scalar", q, x[3:], threads=1, path=path)
+                for name, y in zip(ISAS, ys):
+                    np.testing.assert_array_equal(y[3:].view(np.uint32), alone.view(np.uint32), err_msg=f"{name} N={n}")
+
+
+@pytest.mark.parametrize("t", TYPES)
+def test_matmul_crafted_threads_deterministic(t, isa):
+    """Any thread count (and so any split of rows into tiles and of tiles into row pairs) gives
+    the same bits."""
+    rows, K = 72, 1024
+    q = crafted_tensor(t, rows, K, 37)
+    x = crafted_activations(70, K, 38)
+    for n in (1, 3, 6, 17, 40, 70):
+        for path in ("direct", "auto"):
+            ref = iqkq.matmul(q, x[:n], threads=1, path=path)
+            for th in (2, 3):
+                y = iqkq.matmul(q, x[:n], threads=th, path=path)
+                np.testing.assert_array_equal(y.view(np.uint32), ref.view(np.uint32), err_msg=f"N={n} th={th} {path}")
+
+
 # ----------------------------------------------------------------------------- large batch
 def decode_q8_k_r8(cv, rows, K):
     """q8_k_r8 (FORMATS.md §5) in numpy: fp16 d[8] then qs[32m + 4r + j] = q_r[4m + j]."""
