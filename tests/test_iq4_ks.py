@@ -403,6 +403,19 @@ def test_matmul_all_isas_every_n_crafted(t, rows, path):
 
 
 @pytest.mark.parametrize("t", TYPES)
+def test_matmul_long_rows_all_isas(t):
+    """Very long rows (the AVX-512 kernels then take fewer columns per pass)."""
+    rows, K = 8, 65536
+    q = crafted_tensor(t, rows, K, 39)
+    x = crafted_activations(11, K, 40)
+    for n in (1, 3, 11):
+        ref = _matmul_on("scalar", q, x[:n], threads=1, path="direct")
+        for name in ISAS[1:]:
+            y = _matmul_on(name, q, x[:n], threads=1, path="direct")
+            np.testing.assert_array_equal(y.view(np.uint32), ref.view(np.uint32), err_msg=f"{name} N={n}")
+
+
+@pytest.mark.parametrize("t", TYPES)
 def test_matmul_crafted_matches_reference(t):
     """The crafted bytes give finite results close to the float64 dot product of the decoded
     weights (every decoder path produces the values of FORMATS.md §6.2)."""

@@ -223,15 +223,21 @@ void e_cols(const GemmArgs& g, const ActE* P, int64_t n0) {
     }
 }
 
-constexpr int kColsE = 8;  // columns per pass
+// Columns per pass: at most 8, and for very long rows few enough that their prepared
+// activations (read once per row pair) stay within ~256 KiB, in L2.
+inline int64_t cols_per_pass(int64_t ncols, int64_t nsuper, size_t act_bytes) {
+    int64_t c = (int64_t)((256 * 1024) / ((size_t)nsuper * act_bytes));
+    c = c < 1 ? 1 : (c > 8 ? 8 : c);
+    return ncols < c ? ncols : c;
+}
 
 void gemm_iq4_ks(const GemmArgs& g) {
     const int64_t nsuper = g.K / kSuper;
-    const int64_t chunk = g.ncols < kColsE ? g.ncols : kColsE;
+    const int64_t chunk = cols_per_pass(g.ncols, nsuper, sizeof(ActE));
     Buffer buf((size_t)(chunk * nsuper) * sizeof(ActE));
     ActE* P = reinterpret_cast<ActE*>(buf.p);
-    for (int64_t n0 = 0; n0 < g.ncols; n0 += kColsE) {
-        const int nc = (int)(g.ncols - n0 < kColsE ? g.ncols - n0 : kColsE);
+    for (int64_t n0 = 0; n0 < g.ncols; n0 += chunk) {
+        const int nc = (int)(g.ncols - n0 < chunk ? g.ncols - n0 : chunk);
         for (int n = 0; n < nc; ++n)
             for (int64_t i = 0; i < nsuper; ++i)
                 prepare_e(g.A + (n0 + n) * g.a_row_bytes + i * kActBytes, P[i * nc + n]);
@@ -421,15 +427,13 @@ void g_cols(const GemmArgs& g, const ActG* P, int64_t n0) {
     }
 }
 
-constexpr int kColsG = 8;  // columns per pass
-
 void gemm_iq4_ks_r4(const GemmArgs& g) {
     const int64_t nsuper = g.K / kSuper;
-    const int64_t chunk = g.ncols < kColsG ? g.ncols : kColsG;
+    const int64_t chunk = cols_per_pass(g.ncols, nsuper, sizeof(ActG));
     Buffer buf((size_t)(chunk * nsuper) * sizeof(ActG));
     ActG* P = reinterpret_cast<ActG*>(buf.p);
-    for (int64_t n0 = 0; n0 < g.ncols; n0 += kColsG) {
-        const int nc = (int)(g.ncols - n0 < kColsG ? g.ncols - n0 : kColsG);
+    for (int64_t n0 = 0; n0 < g.ncols; n0 += chunk) {
+        const int nc = (int)(g.ncols - n0 < chunk ? g.ncols - n0 : chunk);
         for (int n = 0; n < nc; ++n)
             for (int64_t i = 0; i < nsuper; ++i)
                 prepare_g(g.A + (n0 + n) * g.a_row_bytes + i * kActBytes, P[i * nc + n]);
