@@ -66,41 +66,29 @@ struct Buffer {
 //
 // The 64 nibble bytes of blocks 4s..4s+3 of a row hold block 4s + k in 128-bit chunk k, quad j
 // (bytes 4j..4j+3) in its dword j: the low nibbles are elements 4j..4j+3 (quad L = j), the
-// high nibbles elements 16 + 4j.. (quad L = 4 + j). One VPERMD transposes the 4 x 4 dwords,
-// so that chunk j holds quad j of the four blocks (dword k = block 4s + k); then per
-// super-block four weight registers (lows / highs of blocks 0-3 and 4-7) meet four activation
-// registers arranged the same way once per call. VPDPBUSD gives the quad sums P(b, L) in
-// lane (j, k); one VPMULLD per register applies the block multipliers (dword k: block
-// 4s + k); blocks k and k + 4 add up in the same lane, and the sum over k of the eight S_L of
-// (E) is an in-lane transpose-and-add at the end of the super-block. The shifted table (base
-// + 4) is a masked byte add of 4 to the dwords of the blocks that use it.
+// high nibbles elements 16 + 4j.. (quad L = 4 + j). Per super-block four weight registers
+// (lows / highs of blocks 0-3 and 4-7) meet four activation registers arranged the same way
+// once per call. VPDPBUSD gives the quad sums P(b, L); one VPMULLD per register applies the
+// block multipliers; blocks k and k + 4 add up in the same lane, and the four blocks of a
+// register are summed at the end of the super-block (folding 128-bit chunks) to the eight S_L
+// of (E). (Tried: transposing the 4 x 4 dwords with one VPERMD per register, so that the sum
+// over the blocks is an in-lane transpose-and-add: no faster on Zen 4, slower for N <= 2.)
+// The shifted table (base + 4) is a masked byte add of 4 to the blocks that use it.
 
 // One super-block of one column, rearranged (512 bytes).
 struct ActE {
-    uint8_t q[4][64];    // lows 0-3, highs 0-3, lows 4-7, highs 4-7: chunk j, dword k = quad j of block 4s + k
+    uint8_t q[4][64];    // lows 0-3, highs 0-3, lows 4-7, highs 4-7: chunk k = block 4s + k
     int32_t off[4][16];  // -128 * (sum of the four quants of each dword lane), same lanes
 };
-
-struct PatternsE {
-    int32_t transpose[16];  // dword (j, k) <- dword (k, j)
-};
-constexpr PatternsE make_patterns_e() {
-    PatternsE p{};
-    for (int l = 0; l < 16; ++l) p.transpose[l] = 4 * (l % 4) + l / 4;
-    return p;
-}
-alignas(64) constexpr PatternsE kE = make_patterns_e();
 
 inline void prepare_e(const uint8_t* as, ActE& P) {
     const __m512i z0 = ld64(as + 8), z1 = ld64(as + 72), z2 = ld64(as + 136), z3 = ld64(as + 200);
     // z0 chunks: block 0 elements 0-15, 16-31, block 1 elements 0-15, 16-31; and so on.
     const __m512i c[4] = {_mm512_shuffle_i64x2(z0, z1, 0x88), _mm512_shuffle_i64x2(z0, z1, 0xdd),
                           _mm512_shuffle_i64x2(z2, z3, 0x88), _mm512_shuffle_i64x2(z2, z3, 0xdd)};
-    const __m512i tr = ld64(kE.transpose);
     for (int j = 0; j < 4; ++j) {
-        const __m512i q = _mm512_permutexvar_epi32(tr, c[j]);
-        _mm512_store_si512(P.q[j], q);
-        const __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(1), q);
+        _mm512_store_si512(P.q[j], c[j]);
+        const __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(1), c[j]);
         _mm512_store_si512(P.off[j], _mm512_mullo_epi32(s, _mm512_set1_epi32(-128)));
     }
 }
@@ -108,20 +96,27 @@ inline void prepare_e(const uint8_t* as, ActE& P) {
 // One super-block of one row, decoded.
 struct RowE {
     __m512i v[4];   // value + 128 in the layout of ActE::q
-    __m512i ls[2];  // dword k of every chunk: multiplier of block 4s + k
+    __m512i ls[2];  // chunk k: multiplier of block 4s + k
 };
 
-inline void decode_e(const uint8_t* sb, __m512i tab, __m512i tr, RowE& R) {
+// Block b's shift bit -> the mask bits of its four dword lanes (chunk b of a register).
+constexpr uint16_t kSpread4[16] = {0x0000, 0x000f, 0x00f0, 0x00ff, 0x0f00, 0x0f0f, 0x0ff0, 0x0fff,
+                                   0xf000, 0xf00f, 0xf0f0, 0xf0ff, 0xff00, 0xff0f, 0xfff0, 0xffff};
+
+inline void decode_e(const uint8_t* sb, __m512i tab, RowE& R) {
     // (int8)(s ^ 0x80) = s - 128, which with the low bit set is (s & 254) - 127 = ls
     const __m128i x = _mm_xor_si128(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sb)), _mm_set1_epi8((char)0x80));
     const __m512i one = _mm512_set1_epi32(1);
-    R.ls[0] = _mm512_or_si512(_mm512_cvtepi8_epi32(_mm_shuffle_epi32(x, 0x00)), one);
-    R.ls[1] = _mm512_or_si512(_mm512_cvtepi8_epi32(_mm_shuffle_epi32(x, 0x55)), one);
+    const __m128i x0 = _mm_shuffle_epi8(x, _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3));
+    const __m128i x1 = _mm_shuffle_epi8(x, _mm_setr_epi8(4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7));
+    R.ls[0] = _mm512_or_si512(_mm512_cvtepi8_epi32(x0), one);
+    R.ls[1] = _mm512_or_si512(_mm512_cvtepi8_epi32(x1), one);
     uint64_t sc;
     std::memcpy(&sc, sb, 8);
     const unsigned bits = (unsigned)(((sc & 0x0101010101010101ull) * 0x0102040810204080ull) >> 56);  // bit b: block b shifted
-    const __mmask16 k0 = (__mmask16)((bits & 15) * 0x1111u), k1 = (__mmask16)((bits >> 4) * 0x1111u);
-    const __m512i q0 = _mm512_permutexvar_epi32(tr, ld64(sb + 8)), q1 = _mm512_permutexvar_epi32(tr, ld64(sb + 72));
+    const __mmask16 k0 = kSpread4[bits & 15], k1 = kSpread4[bits >> 4];
+    __m512i q0 = ld64(sb + 8), q1 = ld64(sb + 72);
+    __asm__("" : "+v"(q0), "+v"(q1));  // one load each (GCC would fold a second load into VPSRLW)
     const __m512i four = _mm512_set1_epi32(0x04040404);  // no carries: value + 128 <= 241
     R.v[0] = _mm512_permutexvar_epi8(q0, tab);
     R.v[1] = _mm512_permutexvar_epi8(_mm512_srli_epi16(q0, 4), tab);
@@ -145,7 +140,7 @@ inline void load_col_e(const ActE& P, ColE& A) {
     __asm__("" : "+v"(A.q[0]), "+v"(A.q[1]), "+v"(A.q[2]), "+v"(A.q[3]));
 }
 
-// Lows and highs of one row: lane (j, k) = sum over blocks k, k + 4 of ls_b * P(b, L).
+// Lows and highs of one row: lane of block k = sum over blocks k, k + 4 of ls_b * P(b, L).
 inline void row_sums_e(const RowE& R, const ColE& A, __m512i& lo, __m512i& hi) {
     const __m512i t0 = _mm512_dpbusd_epi32(A.o[0], R.v[0], A.q[0]);
     const __m512i t1 = _mm512_dpbusd_epi32(A.o[1], R.v[1], A.q[1]);
@@ -155,36 +150,26 @@ inline void row_sums_e(const RowE& R, const ColE& A, __m512i& lo, __m512i& hi) {
     hi = _mm512_add_epi32(_mm512_mullo_epi32(t1, R.ls[0]), _mm512_mullo_epi32(t3, R.ls[1]));
 }
 
-// S_L of two rows: chunk j = (row 0 L = j, row 0 L = 4 + j, row 1 L = j, row 1 L = 4 + j).
+// S_L of two rows: lane 8 rho + L.
 inline __m512i pair_sums_e(const RowE& R0, const RowE& R1, const ActE& P) {
     ColE A;
     load_col_e(P, A);
     __m512i lo0, hi0, lo1, hi1;
     row_sums_e(R0, A, lo0, hi0);
     row_sums_e(R1, A, lo1, hi1);
-    // per chunk: (lo0, hi0) of k = 0 + 2, 1 + 3; then the two rows' k = 02 + 13
-    const __m512i u0 = _mm512_add_epi32(_mm512_unpacklo_epi32(lo0, hi0), _mm512_unpackhi_epi32(lo0, hi0));
-    const __m512i u1 = _mm512_add_epi32(_mm512_unpacklo_epi32(lo1, hi1), _mm512_unpackhi_epi32(lo1, hi1));
-    return _mm512_add_epi32(_mm512_unpacklo_epi64(u0, u1), _mm512_unpackhi_epi64(u0, u1));
+    // [lo c0+c1, lo c2+c3, hi c0+c1, hi c2+c3] per row, then [lo0, hi0, lo1, hi1]
+    const __m512i u0 = _mm512_add_epi32(_mm512_shuffle_i64x2(lo0, hi0, 0x88), _mm512_shuffle_i64x2(lo0, hi0, 0xdd));
+    const __m512i u1 = _mm512_add_epi32(_mm512_shuffle_i64x2(lo1, hi1, 0x88), _mm512_shuffle_i64x2(lo1, hi1, 0xdd));
+    return _mm512_add_epi32(_mm512_shuffle_i64x2(u0, u1, 0x88), _mm512_shuffle_i64x2(u0, u1, 0xdd));
 }
 
-// H8 of one row from the accumulators (lane 4j + 2 rho + 0 / 1: L = j / 4 + j).
-inline float h8_e(__m512 acc, int rho) {
-    alignas(64) float a[16];
-    _mm512_store_ps(a, acc);
-    const float l[8] = {a[2 * rho], a[4 + 2 * rho], a[8 + 2 * rho], a[12 + 2 * rho],
-                        a[2 * rho + 1], a[4 + 2 * rho + 1], a[8 + 2 * rho + 1], a[12 + 2 * rho + 1]};
-    return iqkq::hsum8(l);
-}
-
-// NC columns (prepared activations P[i * NC + n]) times the rows w0, w1, lanes as in
-// pair_sums_e.
+// NC columns (prepared activations P[i * NC + n]) times the rows w0, w1: lanes 0-7 row w0,
+// 8-15 row w1.
 template <int NC>
 inline void e_pair(const GemmArgs& g, const ActE* P, const uint8_t* A, int64_t nsuper, const uint8_t* w0,
                    const uint8_t* w1, __m512 acc[NC]) {
     const __m512i tab = ld64(kT.base_u);
-    const __m512i tr = ld64(kE.transpose);
-    const __m512 Dv = _mm512_mask_blend_ps(0xcccc, _mm512_set1_ps(rd_f32(w0)), _mm512_set1_ps(rd_f32(w1)));
+    const __m512 Dv = _mm512_insertf32x8(_mm512_set1_ps(rd_f32(w0)), _mm256_set1_ps(rd_f32(w1)), 1);
     for (int n = 0; n < NC; ++n) acc[n] = _mm512_setzero_ps();
     // the next pair's 2 * row bytes, spread over this pair's super-blocks (2 * 136 bytes each);
     // integer addresses: past the last row they point beyond W, and prefetches never fault
@@ -193,8 +178,8 @@ inline void e_pair(const GemmArgs& g, const ActE* P, const uint8_t* A, int64_t n
         for (int k = 0; k < 2 * kSuperBytes + 64; k += 64)
             _mm_prefetch(reinterpret_cast<const char*>(next + (uintptr_t)(i * 2 * kSuperBytes + k)), _MM_HINT_T0);
         RowE R0, R1;
-        decode_e(w0 + kRowMeta + i * kSuperBytes, tab, tr, R0);
-        decode_e(w1 + kRowMeta + i * kSuperBytes, tab, tr, R1);
+        decode_e(w0 + kRowMeta + i * kSuperBytes, tab, R0);
+        decode_e(w1 + kRowMeta + i * kSuperBytes, tab, R1);
         for (int n = 0; n < NC; ++n) {
             const __m512 dA = _mm512_set1_ps(rd_f32(A + n * g.a_row_bytes + i * kActBytes));
             const __m512i S = pair_sums_e(R0, R1, P[i * NC + n]);
@@ -217,8 +202,8 @@ void e_cols(const GemmArgs& g, const ActE* P, int64_t n0) {
         __m512 acc[NC];
         e_pair<NC>(g, P, A, nsuper, g.W + r * g.w_group_bytes, g.W + r1 * g.w_group_bytes, acc);
         for (int n = 0; n < NC; ++n) {
-            C[n * g.ldc + r] = h8_e(acc[n], 0);
-            if (r1 != r) C[n * g.ldc + r1] = h8_e(acc[n], 1);
+            C[n * g.ldc + r] = hsum8(_mm512_castps512_ps256(acc[n]));
+            if (r1 != r) C[n * g.ldc + r1] = hsum8(_mm512_extractf32x8_ps(acc[n], 1));
         }
     }
 }
