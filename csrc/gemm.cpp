@@ -152,9 +152,13 @@ Plan make_plan(int type, int64_t rows, int64_t K, int64_t N, int nthreads, bool 
     p.gemm = kt.types[p.ktype].gemm;
     p.conv = convert ? kt.types[type].to_large_batch : nullptr;
     const int64_t G = p.G;
-    // A multiple of two row groups: the AVX-512 kernels work on pairs of row groups (pairs of
-    // rows for G = 1), and a lone group at the end of a tile costs them (nearly) a full pair.
-    int64_t rt = ((int64_t)((N <= 4 ? 64 : 128) * 1024) / (int64_t)p.krb) / (2 * G) * (2 * G);
+    // Without conversion: rounded up to a multiple of two row groups. The AVX-512 kernels work
+    // on pairs of row groups (pairs of rows for G = 1), and a lone group at the end of a tile
+    // costs some of them a full pair (measured, one thread: iq4_ks_r4 GEMV +10 %, q8_k_r8
+    // N >= 32 +10 %; the converting paths gain nothing and keep their tiles).
+    const int64_t unit = convert ? G : 2 * G;
+    const int64_t fit = (int64_t)((N <= 4 ? 64 : 128) * 1024) / (int64_t)p.krb;
+    int64_t rt = convert ? fit / unit * unit : (fit + unit - 1) / unit * unit;
     // At least 16 output rows per tile, so tasks on different threads never write into the
     // same 64-byte line of the output (false sharing).
     rt = std::max<int64_t>(rt, std::max<int64_t>(16, G));
