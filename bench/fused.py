@@ -4,7 +4,9 @@
 
 Dense: iqkq.fused_up_gate(up, gate, x) vs  g = iqkq.matmul(gate, x); u = iqkq.matmul(up, x);
 silu(g) * u in numpy. MoE: iqkq.moe_up_gate on T tokens routed to n_used of E experts vs the
-same per-expert loop of two iqkq.matmul calls plus numpy silu * mul and scatter.
+same per-expert loop of two iqkq.matmul calls plus numpy silu * mul and scatter. The two are
+called alternately and the fastest time of each is reported, so drift of the machine's speed
+cannot favour either.
 """
 import argparse
 import sys
@@ -12,11 +14,12 @@ import sys
 import numpy as np
 
 import iqkq
-from iqkq._bench import machine_summary, median_time, write_json
+from iqkq._bench import interleaved_times, machine_summary, write_json
 
 
 def silu_mul(g, u):
-    return g / (1.0 + np.exp(-g)) * u
+    with np.errstate(over="ignore"):  # exp(-g) overflows to inf for very negative g: silu -> -0
+        return g / (1.0 + np.exp(-g)) * u
 
 
 def unfused_dense(up, gate, x, th):
@@ -64,15 +67,15 @@ def main(argv=None):
         for th in a.threads:
             for N in a.ns:
                 x = rng.standard_normal((N, a.K), dtype=np.float32)
-                tf = median_time(lambda: iqkq.fused_up_gate(up, gate, x, threads=th))
-                tu = median_time(lambda: unfused_dense(up, gate, x, th))
+                tf, tu = interleaved_times([lambda: iqkq.fused_up_gate(up, gate, x, threads=th),
+                                            lambda: unfused_dense(up, gate, x, th)])
                 r = dict(type=name, kind="dense", N=N, threads=th, fused_s=tf, unfused_s=tu, speedup=tu / tf,
                          fused_gflops=4.0 * a.nff * a.K * N / tf / 1e9)
                 res.append(r)
                 print(f"{name:>10} dense N={N:<4d} t={th}  fused {tf * 1e3:8.3f} ms ({r['fused_gflops']:6.1f} GFLOPS)  "
                       f"unfused {tu * 1e3:8.3f} ms  speedup {r['speedup']:5.2f}x")
-            tf = median_time(lambda: iqkq.moe_up_gate(mup, mgate, mx, mids, threads=th))
-            tu = median_time(lambda: unfused_moe(ups, gates, mx, mids, th))
+            tf, tu = interleaved_times([lambda: iqkq.moe_up_gate(mup, mgate, mx, mids, threads=th),
+                                        lambda: unfused_moe(ups, gates, mx, mids, th)])
             r = dict(type=name, kind="moe", T=T, threads=th, fused_s=tf, unfused_s=tu, speedup=tu / tf)
             res.append(r)
             print(f"{name:>10} MoE   T={T:<4d} t={th}  fused {tf * 1e3:8.3f} ms  unfused {tu * 1e3:8.3f} ms  "

@@ -81,6 +81,29 @@ def median_time(fn: Callable[[], object], *, warmup: int = 2, min_runs: int = 5,
     return float(np.median(times))
 
 
+def interleaved_times(fns: List[Callable[[], object]], *, warmup: int = 2, min_rounds: int = 5,
+                      min_time: float = 0.3, max_rounds: int = 200) -> List[float]:
+    """Fastest wall time of each fn, calling them in turn round after round.
+
+    Alternating the contenders makes a comparison immune to the machine's speed drifting
+    between them (shared machines drift by 10-20 % over minutes); the minimum is the
+    estimate least disturbed by other work.
+    """
+    for _ in range(warmup):
+        for f in fns:
+            f()
+    best = [float("inf")] * len(fns)
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < min_rounds or (time.perf_counter() - start < min_time * len(fns) and rounds < max_rounds):
+        for i, f in enumerate(fns):
+            t0 = time.perf_counter()
+            f()
+            best[i] = min(best[i], time.perf_counter() - t0)
+        rounds += 1
+    return best
+
+
 def cold_rotation_time(fns: List[Callable[[], object]], *, rounds: int = 3) -> float:
     """Median per-call time over full passes through fns (each touching different memory)."""
     for f in fns[:2]:
@@ -176,8 +199,9 @@ def matmul_sweep(type_names: List[str], Ns: List[int], threads_list: List[int], 
         q = iqkq.quantize(wf, name)
         for th in threads_list:
             for N in Ns:
-                t = median_time(lambda: iqkq.matmul(q, xs[N], threads=th), min_time=min_time)
-                tn = np_hot(N, th)
+                with blas_threads(th):
+                    t, tn = interleaved_times([lambda: iqkq.matmul(q, xs[N], threads=th), lambda: xs[N] @ wT],
+                                              min_time=min_time)
                 r = dict(type=name, mode="hot", N=N, threads=th, rows=rows, K=K,
                          iqkq_gflops=gflops(rows, K, N, t), numpy_gflops=gflops(rows, K, N, tn),
                          iqkq_s=t, numpy_s=tn)
