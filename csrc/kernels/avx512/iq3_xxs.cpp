@@ -25,6 +25,7 @@
 #include "common.h"
 #include "formats/iq3_xxs.h"
 #include "kernels/avx2/simd.h"
+#include "kernels/avx512/simd.h"
 #include "types.h"
 
 #include <cstdlib>
@@ -613,6 +614,125 @@ void gemm_f_one_group(const GemmArgs& g) {
         gemm_f_many(g, n0, (int)(g.ncols - n0 < kMaxCols ? g.ncols - n0 : kMaxCols));
 }
 
+
+// ------------------------------------------------------------------------------------------
+// Large-batch conversion iq3_xxs -> q8_k_r8 (FORMATS.md §11.4), one row and super-block at a
+// time, without computing the 256 products v = mult * sigma * g one by one:
+//  * M = max |v| = max over blocks of mult_b * (largest grid byte of the block): a third
+//    256-entry table gives the largest byte of each grid point, three shift-and-max steps
+//    the largest of each block's eight (one quadword per block), VPMULUDQ the products;
+//  * a block's 32 weights take only 8 magnitudes g_l, so the re-quantized values form a
+//    table of 8 blocks x 8 levels: the 64 products mult_b * g_l (exact in f32), times inv,
+//    rounded (VCVTPS2DQ, nearest even) and packed with signed saturation (PACKSSDW +
+//    PACKSSWB = sat_i8) land at byte 8 b + l; VPERMB then looks up every weight's value with
+//    the level from the decoder above and the block number as index;
+//  * the sign is applied afterwards (0 - q on the negative weights). This equals rounding the
+//    negative product because f32 multiplication and nearest-even rounding are symmetric and
+//    the positive value never saturates: |inv * v| <= inv * M < 124.0001 (M * d0 and 1 / dnew
+//    each rounded once; test_conversion_never_saturates checks every M), and in the dnew < 1
+//    branch (inv = 1 stands for "copy v", exactly) |v| <= M <= 124.
+// Eight rows are then interleaved (kernels/avx512/simd.h) and the scales fp16(F * dnew)
+// computed in one vector.
+
+alignas(64) uint8_t gMaxG[256];  // largest grid byte (4..62) of each grid point
+
+struct ConvPatterns {
+    float g_lo[16];          // 4 12 20 28 in every 128-bit lane
+    float g_hi[16];          // 36 44 52 62
+    int32_t even[16];        // lane L: multiplier of block 2L
+    int32_t odd[16];         // lane L: multiplier of block 2L + 1
+    uint8_t block8[4][64];   // register j, byte e: 8 * (block of weight 64 j + e)
+};
+constexpr ConvPatterns make_conv_patterns() {
+    ConvPatterns p{};
+    const float mag[8] = {4, 12, 20, 28, 36, 44, 52, 62};
+    for (int l = 0; l < 16; ++l) {
+        p.g_lo[l] = mag[l % 4];
+        p.g_hi[l] = mag[4 + l % 4];
+        p.even[l] = 2 * (l / 4);
+        p.odd[l] = 2 * (l / 4) + 1;
+    }
+    for (int j = 0; j < 4; ++j)
+        for (int e = 0; e < 64; ++e) p.block8[j][e] = (uint8_t)(8 * ((64 * j + e) / 32));
+    return p;
+}
+alignas(64) constexpr ConvPatterns kC = make_conv_patterns();
+
+// One row's super-block: the 256 re-quantized values to q (element order); returns dnew.
+inline float convert_row(const uint8_t* blk, uint8_t* q) {
+    const __m256i sas = ld32(blk + kSasOff);
+    const __m256i fields = _mm256_multishift_epi64_epi8(ld32(kP.sign_shift), sas);
+    const __m512i sg = _mm512_permutex2var_epi8(ld64(gSigns), _mm512_zextsi256_si512(fields), ld64(gSigns + 64));
+    alignas(32) uint64_t neg[4];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(neg), _mm512_castsi512_si256(sg));
+    __asm__ volatile("" : "+m"(neg));  // masks: KMOVQ from memory (see decode_d)
+
+    const __m512i idx = ld64(blk + kQsOff);
+    const __mmask64 top = _mm512_movepi8_mask(idx);
+    const __m512i lo = _mm512_mask_blend_epi8(top, _mm512_permutex2var_epi8(ld64(gSeedLo), idx, ld64(gSeedLo + 64)),
+                                              _mm512_permutex2var_epi8(ld64(gSeedLo + 128), idx, ld64(gSeedLo + 192)));
+    const __m512i hi = _mm512_mask_blend_epi8(top, _mm512_permutex2var_epi8(ld64(gSeedHi), idx, ld64(gSeedHi + 64)),
+                                              _mm512_permutex2var_epi8(ld64(gSeedHi + 128), idx, ld64(gSeedHi + 192)));
+    const __m512i gm = _mm512_mask_blend_epi8(top, _mm512_permutex2var_epi8(ld64(gMaxG), idx, ld64(gMaxG + 64)),
+                                              _mm512_permutex2var_epi8(ld64(gMaxG + 128), idx, ld64(gMaxG + 192)));
+    // largest byte of each quadword (= block) in its top byte, then down to the bottom
+    __m512i x = _mm512_max_epu8(gm, _mm512_slli_epi64(gm, 32));
+    x = _mm512_max_epu8(x, _mm512_slli_epi64(x, 16));
+    x = _mm512_max_epu8(x, _mm512_slli_epi64(x, 8));
+    x = _mm512_srli_epi64(x, 56);
+    const __m256i mult = _mm256_or_si256(_mm256_srli_epi32(sas, 27), _mm256_set1_epi32(1));  // 2 * (sas >> 28) + 1
+    const int M = (int)_mm512_reduce_max_epu64(_mm512_mul_epu32(_mm512_cvtepu32_epi64(mult), x));
+
+    float dnew = (float)M * kConvD0;
+    float inv = 1.0f;
+    if (dnew < 1.0f) dnew = 1.0f;
+    else inv = 1.0f / dnew;  // dnew >= 1 here, so |dnew| > 1e-9
+
+    const __m512 mf = _mm512_castps256_ps512(_mm256_cvtepi32_ps(mult));
+    const __m512 me = _mm512_permutexvar_ps(ld64(kC.even), mf), mo = _mm512_permutexvar_ps(ld64(kC.odd), mf);
+    const __m512 vi = _mm512_set1_ps(inv);
+    const __m512 glo = _mm512_load_ps(kC.g_lo), ghi = _mm512_load_ps(kC.g_hi);
+    constexpr int kRne = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    const __m512i t0 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(vi, _mm512_mul_ps(me, glo)), kRne);
+    const __m512i t1 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(vi, _mm512_mul_ps(me, ghi)), kRne);
+    const __m512i t2 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(vi, _mm512_mul_ps(mo, glo)), kRne);
+    const __m512i t3 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(vi, _mm512_mul_ps(mo, ghi)), kRne);
+    // lane L, bytes 4 V + c: V = 0, 1 block 2L levels 0-3, 4-7; V = 2, 3 block 2L + 1
+    const __m512i tab = _mm512_packs_epi16(_mm512_packs_epi32(t0, t1), _mm512_packs_epi32(t2, t3));
+
+    for (int j = 0; j < 4; ++j) {
+        const __m512i src = _mm512_permutex2var_epi8(lo, ld64(kP.expand[j]), hi);
+        const __m512i lev = _mm512_multishift_epi64_epi8(ld64(kP.level_shift), src);
+        const __m512i id = _mm512_ternarylogic_epi32(lev, _mm512_set1_epi8(7), ld64(kC.block8[j]), 0xea);  // (lev & 7) | 8 b
+        const __m512i pos = _mm512_permutexvar_epi8(id, tab);
+        _mm512_store_si512(q + 64 * j, _mm512_mask_sub_epi8(pos, _cvtu64_mask64(neg[j]), _mm512_setzero_si512(), pos));
+    }
+    return dnew;
+}
+
+void convert_to_q8_k_r8(const uint8_t* src, uint8_t* dst, int64_t nrows, int64_t K) {
+    const int64_t nbl = K / kQK;
+    const size_t row = (size_t)nbl * kBytes;
+    alignas(64) uint8_t q[8 * 256];
+    alignas(32) float dnew[8];
+    alignas(16) uint16_t d16[8];
+    for (int64_t grp = 0; grp < nrows / 8; ++grp) {
+        const uint8_t* w = src + 8 * grp * row;
+        for (int64_t i = 0; i < nbl; ++i) {
+            uint8_t* o = dst + (grp * nbl + i) * (16 + 2048);
+            for (int r = 0; r < 8; ++r) {
+                const uint8_t* blk = w + r * row + i * kBytes;
+                d16[r] = rd_u16(blk);
+                dnew[r] = convert_row(blk, q + 256 * r);
+            }
+            const __m256 F = _mm256_mul_ps(_mm256_set1_ps(0.25f), _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(d16))));
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(o),
+                             _mm256_cvtps_ph(_mm256_mul_ps(F, _mm256_load_ps(dnew)), _MM_FROUND_TO_NEAREST_INT));
+            avx512::interleave_q8_k_r8(q, o + 16);
+        }
+    }
+}
+
 }  // namespace
 
 void register_avx512_iq3_xxs(KernelTables& t) {
@@ -624,10 +744,14 @@ void register_avx512_iq3_xxs(KernelTables& t) {
         }
         gSeedLo[i] = (uint8_t)(lv[0] | (lv[1] << 4));
         gSeedHi[i] = (uint8_t)(lv[2] | (lv[3] << 4));
+        uint32_t mx = 0;
+        for (int m = 0; m < 4; ++m) mx = (kGrid[i] >> (8 * m) & 255) > mx ? (kGrid[i] >> (8 * m) & 255) : mx;
+        gMaxG[i] = (uint8_t)mx;
     }
     for (int i = 0; i < 128; ++i) gSigns[i] = kSigns[i];
     t.types[T_IQ3_XXS].gemm = gemm_iq3_xxs;
     t.types[T_IQ3_XXS_R4].gemm = gemm_iq3_xxs_r4;
+    t.types[T_IQ3_XXS].to_large_batch = convert_to_q8_k_r8;
 }
 
 }  // namespace iqkq

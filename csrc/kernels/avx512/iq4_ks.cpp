@@ -16,6 +16,7 @@
 #include "common.h"
 #include "formats/iq4_ks.h"
 #include "kernels/avx2/simd.h"
+#include "kernels/avx512/simd.h"
 #include "types.h"
 
 #include <cstdlib>
@@ -435,11 +436,126 @@ void gemm_iq4_ks_r4(const GemmArgs& g) {
     }
 }
 
+
+// ------------------------------------------------------------------------------------------
+// Large-batch conversion iq4_ks -> q8_k_r8 (FORMATS.md §11.4), a group of 8 rows and one
+// super-block at a time, without computing the 256 products v = ls * T[n] of a row one by one.
+//  1. The nibble bytes of the 8 rows are interleaved first, exactly as q8_k_r8 interleaves
+//     its quants (kernels/avx512/simd.h), on half the bytes: a nibble dword of a row holds the
+//     4 low nibbles that become q8_k_r8 dword m and the 4 high nibbles of dword m + 4. Each
+//     interleaved register (one block, two nibble dwords, 8 rows) then gives two q8_k_r8
+//     registers, lows and highs, as they are stored.
+//  2. A block of a row takes at most 16 values, so per block the re-quantized values of the 8
+//     rows form a 128-entry table (8 rows x 16 nibbles) and one VPERMT2B with index
+//     nibble | 16 * row looks up 64 of them. The table entries are inv_r times f32(ls * T[n])
+//     (a constant table indexed by the scale byte: exact products), rounded (VCVTPS2DQ,
+//     nearest even), packed with signed saturation (PACKSSDW + PACKSSWB = sat_i8) and put in
+//     index order with one VPERMB per 4 rows.
+//  3. M_r = max |v| = max over blocks of |ls| * (largest |T[n]| of the nibbles present): the
+//     same VPERMT2B index into a table of |T| (chosen by the 8 rows' shift bits) gives |T| for
+//     every element; per block the maxima of each row's elements, times |ls| (VPMADDUBSW,
+//     exact: <= 127 * 127), and the maximum over the blocks end in one word per row.
+// dnew and inv of the 8 rows are one vector; in the dnew < 1 branch inv = 1 stands for
+// "copy v" (exact: |v| <= M < 127).
+
+struct ConvTables {
+    float lsT[256][16];      // scale byte s, nibble n: f32(((s & 254) - 127) * T_{s & 1}[n])
+    uint8_t abs_t[16][64];   // shift bits p of four rows: 16 r + n -> |T_{bit r of p}[n]|
+    uint8_t rowbits[64];     // 16 * row of each byte of an interleaved register: 16 * ((i / 4) % 8)
+    uint8_t unpack[64];      // natural 16 r + n <- packed 16 (n / 4) + 4 r + n % 4
+    uint8_t lsb[8][64];      // block b: bytes 4 r and 4 r + 2 <- scale byte 8 r + b (odd bytes zeroed)
+};
+constexpr ConvTables make_conv_tables() {
+    ConvTables t{};
+    for (int s = 0; s < 256; ++s)
+        for (int n = 0; n < 16; ++n) t.lsT[s][n] = (float)(((s & 254) - 127) * kValues[16 * (s & 1) + n]);
+    for (int p = 0; p < 16; ++p)
+        for (int i = 0; i < 64; ++i) {
+            const int v = kValues[16 * ((p >> (i / 16)) & 1) + i % 16];
+            t.abs_t[p][i] = (uint8_t)(v < 0 ? -v : v);
+        }
+    for (int i = 0; i < 64; ++i) {
+        const int r = i / 16, n = i % 16;
+        t.rowbits[i] = (uint8_t)(16 * ((i / 4) % 8));
+        t.unpack[i] = (uint8_t)(16 * (n / 4) + 4 * r + n % 4);
+        for (int b = 0; b < 8; ++b) t.lsb[b][i] = (uint8_t)(8 * ((i / 4) % 8) + b);
+    }
+    return t;
+}
+alignas(64) constexpr ConvTables kCT = make_conv_tables();
+
+void convert_to_q8_k_r8(const uint8_t* src, uint8_t* dst, int64_t nrows, int64_t K) {
+    const int64_t rb = row_bytes(K), nsuper = K / kSuper;
+    constexpr int kRne = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    // idx[b][k]: lookup indices of block b; k = 0, 1: lows of nibble dwords (0, 1), (2, 3);
+    // k = 2, 3: highs of the same (q8_k_r8 slots 4b, 4b + 1, 4b + 2, 4b + 3)
+    alignas(64) __m512i idx[8][4];
+    alignas(32) float inv[8];
+    const __m512i m4 = _mm512_set1_epi8(0x0f), rowbits = ld64(kCT.rowbits), unpack = ld64(kCT.unpack);
+    for (int64_t g = 0; g < nrows / 8; ++g) {
+        const uint8_t* w = src + 8 * g * rb;
+        alignas(32) float drow[8];
+        for (int r = 0; r < 8; ++r) drow[r] = rd_f32(w + r * rb);
+        const __m256 D = _mm256_load_ps(drow);
+        for (int64_t i = 0; i < nsuper; ++i) {
+            const uint8_t* sb = w + kRowMeta + i * kSuperBytes;  // row r at sb + r * rb
+            uint8_t* o = dst + (g * nsuper + i) * (16 + 2048);
+            alignas(64) uint64_t sc[8];
+            for (int r = 0; r < 8; ++r) std::memcpy(&sc[r], sb + r * rb, 8);
+            const __m512i S = _mm512_load_si512(sc);  // byte 8 r + b: scale of row r, block b
+            // (int8)(s ^ 0x80) | 1 = (s & 254) - 127 = ls (see decode_e)
+            const __m512i als = _mm512_abs_epi8(_mm512_or_si512(_mm512_xor_si512(S, _mm512_set1_epi8((char)0x80)), _mm512_set1_epi8(1)));
+            const uint64_t shifted = _cvtmask64_u64(_mm512_test_epi8_mask(S, _mm512_set1_epi8(1)));  // bit 8 r + b
+
+            __m256i P = _mm256_setzero_si256();  // words 2r, 2r + 1: candidates for M_r
+            for (int c = 0; c < 2; ++c) {
+                __m512i in[8], X[8];
+                for (int r = 0; r < 8; ++r) in[r] = ld64(sb + r * rb + 8 + 64 * c);
+                avx512::interleave8(in, X);  // X[p]: block 4c + p / 2, nibble dwords 2 (p % 2), + 1
+                for (int p = 0; p < 8; ++p) {
+                    __m512i* id = idx[4 * c + p / 2];
+                    id[p % 2] = _mm512_ternarylogic_epi32(X[p], m4, rowbits, 0xea);  // (x & 15) | 16 r
+                    id[2 + p % 2] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(X[p], 4), m4, rowbits, 0xea);
+                }
+                for (int b = 4 * c; b < 4 * c + 4; ++b) {
+                    // bit r of pat: row r's block b uses the shifted table
+                    const unsigned pat = (unsigned)((((shifted >> b) & 0x0101010101010101ull) * 0x0102040810204080ull) >> 56);
+                    const __m512i al = ld64(kCT.abs_t[pat & 15]), ah = ld64(kCT.abs_t[pat >> 4]);
+                    const __m512i* id = idx[b];
+                    const __m512i a = _mm512_max_epu8(
+                        _mm512_max_epu8(_mm512_permutex2var_epi8(al, id[0], ah), _mm512_permutex2var_epi8(al, id[1], ah)),
+                        _mm512_max_epu8(_mm512_permutex2var_epi8(al, id[2], ah), _mm512_permutex2var_epi8(al, id[3], ah)));
+                    __m256i y = _mm256_max_epu8(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64(a, 1));  // dword r: row r
+                    y = _mm256_max_epu8(y, _mm256_srli_epi16(y, 8));  // bytes 4r, 4r + 2: maxima of pairs
+                    const __m256i ls = _mm512_castsi512_si256(_mm512_maskz_permutexvar_epi8(0x5555555555555555ull, ld64(kCT.lsb[b]), als));
+                    P = _mm256_max_epi16(P, _mm256_maddubs_epi16(y, ls));
+                }
+            }
+            const __m256i M = _mm256_and_si256(_mm256_max_epi16(P, _mm256_srli_epi32(P, 16)), _mm256_set1_epi32(0xffff));
+            // dnew = M * d0; below 1: dnew = 1 and inv = 1 (copy, exact); else inv = 1 / dnew
+            const __m256 one = _mm256_set1_ps(1.0f);
+            const __m256 dnew = _mm256_max_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(M), _mm256_set1_ps(1.0f / 127.0f)), one);  // never NaN
+            _mm256_store_ps(inv, _mm256_div_ps(one, dnew));
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(o), _mm256_cvtps_ph(_mm256_mul_ps(D, dnew), _MM_FROUND_TO_NEAREST_INT));
+
+            for (int b = 0; b < 8; ++b) {
+                __m512i t[8];
+                for (int r = 0; r < 8; ++r)
+                    t[r] = _mm512_cvt_roundps_epi32(_mm512_mul_ps(_mm512_set1_ps(inv[r]), _mm512_load_ps(kCT.lsT[sb[r * rb + b]])), kRne);
+                const __m512i tl = _mm512_permutexvar_epi8(unpack, _mm512_packs_epi16(_mm512_packs_epi32(t[0], t[1]), _mm512_packs_epi32(t[2], t[3])));
+                const __m512i th = _mm512_permutexvar_epi8(unpack, _mm512_packs_epi16(_mm512_packs_epi32(t[4], t[5]), _mm512_packs_epi32(t[6], t[7])));
+                for (int k = 0; k < 4; ++k) _mm512_storeu_si512(o + 16 + 64 * (4 * b + k), _mm512_permutex2var_epi8(tl, idx[b][k], th));
+            }
+        }
+    }
+}
+
 }  // namespace
 
 void register_avx512_iq4_ks(KernelTables& t) {
     t.types[T_IQ4_KS].gemm = gemm_iq4_ks;
     t.types[T_IQ4_KS_R4].gemm = gemm_iq4_ks_r4;
+    t.types[T_IQ4_KS].to_large_batch = convert_to_q8_k_r8;
 }
 
 }  // namespace iqkq
