@@ -1,13 +1,15 @@
 """Interleaved A/B timing of two builds of iqkq's _core in one process.
 
-    python bench/ab_builds.py OLD.so NEW.so [--types iq3_xxs iq3_xxs_r4] [--ns 1 2 4] [--threads 1 2] [--cold]
+    python bench/ab_builds.py OLD.so NEW.so [--types iq3_xxs iq3_xxs_r4] [--ns 1 2 4] [--threads 1 2] [--cold] [--convert]
 
 Both extension modules are loaded side by side (copied to temporary files, imported under two
 package names) and called alternately, so machine-speed drift affects both equally; each
 figure is the minimum over --reps calls. Hot: the same W every call. Cold (N=1): every call
 uses the next of >= 256 MB of weight copies, reported as GB/s of weights. Activation
 quantization is inside the timed call, as in iqkq.matmul. The outputs of the two builds are
-compared bit for bit ("same" / "DIFF").
+compared bit for bit ("same" / "DIFF"). --convert also times the large-batch weight conversion
+alone (what iqkq.repack(q, "q8_k_r8") runs, output array allocation included) for the types
+that have one, on one thread.
 
 Multi-thread figures are less reliable than single-thread ones: each loaded module has its
 own thread pool, whose workers spin briefly after a call while the other module runs.
@@ -46,6 +48,7 @@ def main(argv=None):
     p.add_argument("-K", type=int, default=4096)
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--cold", action="store_true")
+    p.add_argument("--convert", action="store_true")
     a = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         mods = [("old", load(a.old, "ab_old", tmp)), ("new", load(a.new, "ab_new", tmp))]
@@ -56,6 +59,17 @@ def main(argv=None):
         for tname in a.types:
             q = iqkq.quantize(wf, tname)
             ti = index[tname]
+            if a.convert and iqkq.type_info(tname).name in ("iq3_xxs", "iq4_ks"):
+                outs = [None, None]
+                best = [1e9, 1e9]
+                for _ in range(a.reps):
+                    for k, (_, m) in enumerate(mods):
+                        t0 = time.perf_counter()
+                        outs[k] = m.convert_large_batch(ti, q.data, rows, K, 1)
+                        best[k] = min(best[k], time.perf_counter() - t0)
+                same = np.array_equal(outs[0], outs[1])
+                print(f"{tname:>11} convert to q8_k_r8 t=1  old {best[0] * 1e3:7.2f}  new {best[1] * 1e3:7.2f} ms  "
+                      f"x{best[0] / best[1]:5.2f}  {'same' if same else 'DIFF'}", flush=True)
             for th in a.threads:
                 for N in a.ns:
                     x = rng.standard_normal((N, K), dtype=np.float32)
