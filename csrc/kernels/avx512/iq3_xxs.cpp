@@ -716,10 +716,16 @@ void convert_to_q8_k_r8(const uint8_t* src, uint8_t* dst, int64_t nrows, int64_t
     alignas(64) uint8_t q[8 * 256];
     alignas(32) float dnew[8];
     alignas(16) uint16_t d16[8];
+    const int64_t pf_step = (int64_t)(8 * row + nbl - 1) / nbl;
     for (int64_t grp = 0; grp < nrows / 8; ++grp) {
         const uint8_t* w = src + 8 * grp * row;
         for (int64_t i = 0; i < nbl; ++i) {
             uint8_t* o = dst + (grp * nbl + i) * (16 + 2048);
+            // The group reads its 8 rows as 8 interleaved streams; the next group's rows are
+            // fetched in address order meanwhile, 1 / nbl of them per super-block. (Integer
+            // addresses: past the last group they point beyond src; prefetches never fault.)
+            for (uintptr_t a = (uintptr_t)(w + 8 * row) + (uintptr_t)(i * pf_step), e = a + pf_step; a < e; a += 64)
+                _mm_prefetch(reinterpret_cast<const char*>(a), _MM_HINT_T0);
             for (int r = 0; r < 8; ++r) {
                 const uint8_t* blk = w + r * row + i * kBytes;
                 d16[r] = rd_u16(blk);

@@ -492,6 +492,7 @@ void convert_to_q8_k_r8(const uint8_t* src, uint8_t* dst, int64_t nrows, int64_t
     alignas(64) __m512i idx[8][4];
     alignas(32) float inv[8];
     const __m512i m4 = _mm512_set1_epi8(0x0f), rowbits = ld64(kCT.rowbits), unpack = ld64(kCT.unpack);
+    const int64_t pf_step = (8 * rb + nsuper - 1) / nsuper;
     for (int64_t g = 0; g < nrows / 8; ++g) {
         const uint8_t* w = src + 8 * g * rb;
         alignas(32) float drow[8];
@@ -500,6 +501,11 @@ void convert_to_q8_k_r8(const uint8_t* src, uint8_t* dst, int64_t nrows, int64_t
         for (int64_t i = 0; i < nsuper; ++i) {
             const uint8_t* sb = w + kRowMeta + i * kSuperBytes;  // row r at sb + r * rb
             uint8_t* o = dst + (g * nsuper + i) * (16 + 2048);
+            // The group reads its 8 rows as 8 interleaved streams; the next group's rows are
+            // fetched in address order meanwhile, 1 / nsuper of them per super-block. (Integer
+            // addresses: past the last group they point beyond src; prefetches never fault.)
+            for (uintptr_t a = (uintptr_t)(w + 8 * rb) + (uintptr_t)(i * pf_step), e = a + pf_step; a < e; a += 64)
+                _mm_prefetch(reinterpret_cast<const char*>(a), _MM_HINT_T0);
             alignas(64) uint64_t sc[8];
             for (int r = 0; r < 8; ++r) std::memcpy(&sc[r], sb + r * rb, 8);
             const __m512i S = _mm512_load_si512(sc);  // byte 8 r + b: scale of row r, block b
