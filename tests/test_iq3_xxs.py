@@ -722,3 +722,21 @@ def test_bad_input(qtype):
             iqkq.repack(iqkq.quantize(np.ones((6, 256), np.float32), "iq3_xxs"), qtype)
     with pytest.raises(ValueError):
         _core.convert_large_batch(tinfo("iq3_xxs").index, iqkq.quantize(np.ones((4, 256)), "iq3_xxs").data, 4, 256)
+
+
+def test_conversion_never_saturates():
+    """The AVX-512 conversion applies the sign after rounding the magnitude, which equals
+    rounding the signed product only if no positive value saturates. Every possible maximum
+    M = mult * g (mult odd 1..31, g a grid byte) keeps round(inv * M) well inside int8, in the
+    float32 arithmetic of §11.4 (dnew = M * f32(1/124); inv = 1 / dnew, or 1 when dnew < 1)."""
+    d0 = np.float32(1.0) / np.float32(124.0)
+    assert d0.view(np.uint32) == 0x3C042108
+    worst = 0
+    for mult in range(1, 32, 2):
+        for g in (4, 12, 20, 28, 36, 44, 52, 62):
+            M = np.float32(mult * g)
+            dnew = M * d0
+            top = M if dnew < 1 else np.float32(np.float32(1.0) / dnew) * M
+            worst = max(worst, int(np.rint(top)))
+    assert worst <= 124
+

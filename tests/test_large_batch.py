@@ -91,3 +91,18 @@ def test_repack_to_large_batch_errors():
         iqkq.repack(iqkq.quantize(np.ones((8, 256)), "iq4_ks_r4"), "q8_k_r8")
     with pytest.raises(ValueError, match="rows % 8"):
         iqkq.matmul(q, np.ones((40, 256)), path="repack")
+
+
+@pytest.mark.parametrize("qtype", ["iq3_xxs", "iq4_ks"])
+def test_conversion_raw_bytes_all_isas(qtype):
+    """Arbitrary bytes (any scale, any grid index, sign pattern or block scale) convert to
+    q8_k_r8 identically with every kernel set."""
+    g = rng(16)
+    rows, K = 16, 512
+    ref = iqkq.quantize(np.ones((rows, K), np.float32), qtype)
+    for trial in range(8):
+        raw = g.integers(0, 256, ref.nbytes, dtype=np.uint8)
+        q = iqkq.QuantizedTensor(raw, qtype, (rows, K))
+        outs = [with_isa(i, iqkq.repack, q, "q8_k_r8", threads=2) for i in ISAS]
+        for o in outs[1:]:
+            assert o == outs[0], trial
