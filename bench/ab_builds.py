@@ -14,6 +14,7 @@ that have one, on one thread.
 Multi-thread figures are less reliable than single-thread ones: each loaded module has its
 own thread pool, whose workers spin briefly after a call while the other module runs.
 """
+import _quiet_blas  # noqa: F401  (before numpy: see the module)
 import argparse
 import importlib.util
 import os

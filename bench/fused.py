@@ -8,6 +8,7 @@ same per-expert loop of two iqkq.matmul calls plus numpy silu * mul and scatter.
 called alternately and the fastest time of each is reported, so drift of the machine's speed
 cannot favour either.
 """
+import _quiet_blas  # noqa: F401  (before numpy: see the module)
 import argparse
 import sys
 

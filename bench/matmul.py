@@ -8,6 +8,7 @@ weight copies so W comes from DRAM, as in token generation; reported as GB/s of 
 GFLOPS = 2*rows*K*N / t, with iqkq's activation quantization (and, for N >= 32, its weight
 conversion) inside t.
 """
+import _quiet_blas  # noqa: F401  (before numpy: see the module)
 import argparse
 import sys
 

@@ -6,6 +6,7 @@ MB/s counts float32 megabytes (input of quantize, output of dequantize), the uni
 ik_llama.cpp figures in ../shared/anchors. When the `gguf` package is installed its numpy
 quantizer/dequantizer is timed as a peer for the types it knows.
 """
+import _quiet_blas  # noqa: F401  (before numpy: see the module)
 import argparse
 import sys
 

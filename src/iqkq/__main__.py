@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import iqkq
@@ -55,6 +56,12 @@ def main(argv=None) -> int:
     sub.add_parser("info", help="supported types and kernel set")
     args = p.parse_args(argv)
     if args.cmd == "bench":
+        if argv is None and "OPENBLAS_THREAD_TIMEOUT" not in os.environ:
+            # OpenBLAS's workers busy-wait ~0.1 s (2^28 cycles) after every call and would
+            # steal a core from the iqkq call timed next to it; the setting is read when numpy
+            # loads OpenBLAS, which has happened already, so restart with it set.
+            env = dict(os.environ, OPENBLAS_THREAD_TIMEOUT="4")
+            os.execve(sys.executable, [sys.executable, "-m", "iqkq", *sys.argv[1:]], env)
         return _bench(args)
     if args.cmd == "info":
         return _info(args)
