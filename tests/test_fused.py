@@ -187,8 +187,10 @@ def test_thread_count_determinism(qtype, isa):
     ids = rng(6).integers(-1, 4, (70, 2))
     ref = None
     for th in (1, 2, 3, 4):
-        out = [iqkq.fused_up_gate(up, gate, x[:n], act=a, threads=th) for n in (1, 8, 40, 70) for a in OPS]
+        # n <= 4 (and the small MoE) take the gate-then-up schedule of GEMV-like batches
+        out = [iqkq.fused_up_gate(up, gate, x[:n], act=a, threads=th) for n in (1, 4, 5, 8, 40, 70) for a in OPS]
         out.append(iqkq.moe_up_gate(upE, gateE, x, ids, threads=th))
+        out.append(iqkq.moe_up_gate(upE, gateE, x[:3], ids[:3], threads=th))
         if ref is None:
             ref = out
         for a, b in zip(ref, out):
