@@ -1,6 +1,6 @@
 """Interleaved A/B timing of two builds of iqkq's _core in one process.
 
-    python bench/ab_builds.py OLD.so NEW.so [--types iq3_xxs iq3_xxs_r4] [--ns 1 2 4] [--threads 1 2] [--cold] [--convert]
+    python bench/ab_builds.py OLD.so NEW.so [--types iq3_xxs iq3_xxs_r4] [--ns 1 2 4] [--threads 1 2] [--cold] [--convert] [--isa avx2]
 
 Both extension modules are loaded side by side (copied to temporary files, imported under two
 package names) and called alternately, so machine-speed drift affects both equally; each
@@ -50,9 +50,13 @@ def main(argv=None):
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--cold", action="store_true")
     p.add_argument("--convert", action="store_true")
+    p.add_argument("--isa", help="kernel set for both builds (default: the best the CPU has)")
     a = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         mods = [("old", load(a.old, "ab_old", tmp)), ("new", load(a.new, "ab_new", tmp))]
+        if a.isa:
+            for _, m in mods:
+                m.set_isa(a.isa)
         rows, K = a.rows, a.K
         rng = np.random.default_rng(0)
         wf = rng.standard_normal((rows, K), dtype=np.float32)

@@ -627,53 +627,94 @@ void gemm_iq3_xxs_r4(const GemmArgs& g) {
 // ------------------------------------------------------------------------------------------
 // Large-batch conversion to q8_k_r8 (§11.4).
 
+// One row's super-block to its 256 re-quantized values (element order); returns dnew. Instead
+// of 256 float products (one per weight):
+//  * M = max over blocks of mult_b * (largest grid byte of block b), from a max-tree over the
+//    8 blocks' grid bytes;
+//  * a block's 32 weights take only 8 magnitudes g_l (level l = g >> 3), so its re-quantized
+//    values are 8 numbers rne(inv * mult_b * g_l) (products exact in f32), computed for all
+//    blocks at once (8 vectors, lane = block) and transposed into one 8-byte table per block,
+//    which PSHUFB looks up with the levels;
+//  * the sign is applied afterwards (0 - q on negative weights). Equal to rounding the
+//    negative product: f32 multiplication and nearest-even rounding are symmetric, and no
+//    positive value saturates (|inv * v| <= inv * M <= 124; test_conversion_never_saturates).
+//    In the dnew < 1 branch inv = 1 stands for "copy v", which is exact (|v| <= M < 124).
+inline float convert_row(const uint8_t* blk, uint8_t* q, __m256i s0, __m256i s1) {
+    __m256i G[8];
+    for (int b = 0; b < 8; ++b) G[b] = grid_block(blk + kQsOff + 8 * b);
+    // largest byte of each block: halves of block pairs, then qwords, then dwords
+    __m256i Y[4];
+    for (int k = 0; k < 4; ++k)
+        Y[k] = _mm256_max_epu8(_mm256_permute2x128_si256(G[2 * k], G[2 * k + 1], 0x20),
+                               _mm256_permute2x128_si256(G[2 * k], G[2 * k + 1], 0x31));  // lanes: block 2k | 2k + 1
+    __m256i Z0 = _mm256_max_epu8(_mm256_unpacklo_epi64(Y[0], Y[1]), _mm256_unpackhi_epi64(Y[0], Y[1]));  // qwords: 0 2 | 1 3
+    __m256i Z1 = _mm256_max_epu8(_mm256_unpacklo_epi64(Y[2], Y[3]), _mm256_unpackhi_epi64(Y[2], Y[3]));  // 4 6 | 5 7
+    Z0 = _mm256_max_epu8(Z0, _mm256_shuffle_epi32(Z0, 0xB1));
+    Z1 = _mm256_max_epu8(Z1, _mm256_shuffle_epi32(Z1, 0xB1));
+    __m256i V = _mm256_blend_epi32(Z0, Z1, 0xAA);  // dwords: blocks 0 4 2 6 | 1 5 3 7
+    V = _mm256_max_epu8(V, _mm256_srli_epi32(V, 16));
+    V = _mm256_max_epu8(V, _mm256_srli_epi32(V, 8));
+    V = _mm256_and_si256(V, _mm256_set1_epi32(255));
+    const __m256i mult = _mm256_or_si256(_mm256_srli_epi32(load32(blk + kSasOff), 27), _mm256_set1_epi32(1));  // 2 * (aux >> 28) + 1
+    __m256i P = _mm256_madd_epi16(V, _mm256_permutevar8x32_epi32(mult, _mm256_setr_epi32(0, 4, 2, 6, 1, 5, 3, 7)));
+    P = _mm256_max_epi32(P, _mm256_permute2x128_si256(P, P, 0x01));
+    P = _mm256_max_epi32(P, _mm256_shuffle_epi32(P, 0x4E));
+    P = _mm256_max_epi32(P, _mm256_shuffle_epi32(P, 0xB1));
+    const int M = _mm256_cvtsi256_si32(P);
+
+    float dnew = (float)M * kConvD0;
+    float inv = 1.0f;
+    if (dnew < 1.0f) dnew = 1.0f;
+    else inv = 1.0f / dnew;  // dnew >= 1 here, so |dnew| > 1e-9
+
+    // level tables: I[l] lane b = rne(inv * mult_b * g_l)
+    const __m256 mf = _mm256_cvtepi32_ps(mult), vi = _mm256_set1_ps(inv);
+    static constexpr float kMag[8] = {4, 12, 20, 28, 36, 44, 52, 62};
+    __m256i I[8];
+    for (int l = 0; l < 8; ++l)
+        I[l] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(vi, _mm256_mul_ps(mf, _mm256_set1_ps(kMag[l]))),
+                                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    // bytes 4 l + b' (b' = block mod 4; lanes: blocks 0-3 | 4-7), levels 0-3 (X) and 4-7 (Y)
+    const __m256i X = _mm256_packs_epi16(_mm256_packs_epi32(I[0], I[1]), _mm256_packs_epi32(I[2], I[3]));
+    const __m256i Yl = _mm256_packs_epi16(_mm256_packs_epi32(I[4], I[5]), _mm256_packs_epi32(I[6], I[7]));
+    const __m256i tr = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
+                                        0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m256i Xt = _mm256_shuffle_epi8(X, tr), Yt = _mm256_shuffle_epi8(Yl, tr);  // bytes 4 b' + l
+    const __m256i T01 = _mm256_unpacklo_epi32(Xt, Yt);  // 8-byte tables of blocks 0 1 | 4 5
+    const __m256i T23 = _mm256_unpackhi_epi32(Xt, Yt);  // 2 3 | 6 7
+    const __m256i tabs[4] = {_mm256_permute2x128_si256(T01, T01, 0x00), _mm256_permute2x128_si256(T23, T23, 0x00),
+                             _mm256_permute2x128_si256(T01, T01, 0x11), _mm256_permute2x128_si256(T23, T23, 0x11)};
+    const __m256i seven = _mm256_set1_epi8(7), eight = _mm256_set1_epi8(8);
+    for (int b = 0; b < 8; ++b) {
+        __m256i idx = _mm256_and_si256(_mm256_srli_epi16(G[b], 3), seven);
+        if (b & 1) idx = _mm256_or_si256(idx, eight);
+        const __m256i v = _mm256_shuffle_epi8(tabs[(b >> 2) * 2 + ((b >> 1) & 1)], idx);
+        const __m256i m = sign_mask(b < 4 ? s0 : s1, b & 3);
+        store32(q + 32 * b, _mm256_sub_epi8(_mm256_xor_si256(v, m), m));
+    }
+    return dnew;
+}
+
 void convert_to_q8_k_r8(const uint8_t* src, uint8_t* dst, int64_t nrows, int64_t K) {
     const int64_t nbl = K / kQK;
     const size_t row = (size_t)nbl * kBytes;
+    alignas(32) uint8_t q[8 * 256];
     for (int64_t grp = 0; grp < nrows / 8; ++grp) {
         for (int64_t i = 0; i < nbl; ++i) {
             uint8_t* o = dst + (grp * nbl + i) * (16 + 2048);
             for (int r = 0; r < 8; ++r) {
                 const uint8_t* blk = src + (8 * grp + r) * row + i * kBytes;
                 const __m256i sb = sign_bytes(blk + kSasOff);
-                const __m256i s0 = dup_lo(sb), s1 = dup_hi(sb);
-                __m256i v[16];  // int16 values (2 sc + 1) * sigma * g, 16 per vector
-                __m256i mx = _mm256_setzero_si256();
-                for (int b = 0; b < 8; ++b) {
-                    const __m256i gm = grid_block(blk + kQsOff + 8 * b);
-                    const __m256i m = sign_mask(b < 4 ? s0 : s1, b & 3);
-                    const __m256i sv = _mm256_sub_epi8(_mm256_xor_si256(gm, m), m);
-                    const __m256i mult = _mm256_set1_epi16((short)(2 * (rd_u32(blk + kSasOff + 4 * b) >> 28) + 1));
-                    v[2 * b] = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(sv)), mult);
-                    v[2 * b + 1] = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(sv, 1)), mult);
-                    mx = _mm256_max_epi16(mx, _mm256_abs_epi16(v[2 * b]));
-                    mx = _mm256_max_epi16(mx, _mm256_abs_epi16(v[2 * b + 1]));
-                }
-                __m128i m8 = _mm_max_epi16(_mm256_castsi256_si128(mx), _mm256_extracti128_si256(mx, 1));
-                m8 = _mm_max_epi16(m8, _mm_srli_si128(m8, 8));
-                m8 = _mm_max_epi16(m8, _mm_srli_si128(m8, 4));
-                m8 = _mm_max_epi16(m8, _mm_srli_si128(m8, 2));
-                const int M = _mm_extract_epi16(m8, 0);
-                float dnew = (float)M * kConvD0;
-                alignas(32) int8_t q[256];
-                if (dnew < 1.0f) {
-                    dnew = 1.0f;
-                    for (int b = 0; b < 8; ++b)
-                        store32(q + 32 * b, _mm256_permute4x64_epi64(_mm256_packs_epi16(v[2 * b], v[2 * b + 1]), 0xd8));
-                } else {
-                    const __m256 inv = _mm256_set1_ps(fabsf_(dnew) > 1e-9f ? 1.0f / dnew : 0.0f);
-                    for (int b = 0; b < 8; ++b) {
-                        const __m256i a = v[2 * b], c = v[2 * b + 1];
-                        const __m256 f0 = _mm256_mul_ps(inv, _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(a))));
-                        const __m256 f1 = _mm256_mul_ps(inv, _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(a, 1))));
-                        const __m256 f2 = _mm256_mul_ps(inv, _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(c))));
-                        const __m256 f3 = _mm256_mul_ps(inv, _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(c, 1))));
-                        store32(q + 32 * b, pack_rne_i8(f0, f1, f2, f3));
-                    }
-                }
+                const float dnew = convert_row(blk, q + 256 * r, dup_lo(sb), dup_hi(sb));
                 const float F = 0.25f * _cvtsh_ss(rd_u16(blk));
                 wr_u16(o + 2 * r, (uint16_t)_cvtss_sh(F * dnew, 0));
-                for (int m = 0; m < 64; ++m) std::memcpy(o + 16 + 32 * m + 4 * r, q + 4 * m, 4);
+            }
+            // interleave (FORMATS.md §5): qs[32 m + 4 r + j] = q_r[4 m + j], 8 dwords m at a time
+            for (int c = 0; c < 8; ++c) {
+                __m256i t[8];
+                for (int r = 0; r < 8; ++r) t[r] = load32(q + 256 * r + 32 * c);
+                avx2::transpose8x8_epi32(t);
+                for (int j = 0; j < 8; ++j) store32(o + 16 + 32 * (8 * c + j), t[j]);
             }
         }
     }
