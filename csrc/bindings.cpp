@@ -49,11 +49,10 @@ void check_op(int op) {
     if (op != OP_RELU && op != OP_SILU && op != OP_GELU) throw std::invalid_argument("invalid unary op");
 }
 
-IsaIndex isa_from_name(const std::string& name) {
-    if (name == "scalar") return ISA_SCALAR;
-    if (name == "avx2") return ISA_AVX2;
-    if (name == "avx512") return ISA_AVX512;
-    throw std::invalid_argument("unknown ISA '" + name + "' (expected 'scalar', 'avx2' or 'avx512')");
+IsaIndex isa_by_name(const std::string& name) {
+    const IsaIndex isa = iqkq::isa_from_name(name.c_str());
+    if (isa == ISA_COUNT) throw std::invalid_argument("unknown ISA '" + name + "' (expected 'scalar', 'avx2' or 'avx512')");
+    return isa;
 }
 
 }  // namespace
@@ -79,6 +78,7 @@ PYBIND11_MODULE(_core, m) {
             d["interleaved"] = t.interleaved;
             d["base"] = t.base;
             d["large_batch"] = t.large_batch;
+            d["large_batch_min_n"] = t.large_batch_min_n;
             d["available"] = type_available(i);
             d["has_large_batch"] = type_available(i) && has_large_batch(i);
             out.append(d);
@@ -99,10 +99,26 @@ PYBIND11_MODULE(_core, m) {
         return out;
     });
 
+    // Enumerations the Python layer needs, read from here instead of being mirrored by hand.
+    m.def("constants", [] {
+        py::dict d, paths, ops, isas;
+        paths["auto"] = (int)MatmulPath::Auto;
+        paths["direct"] = (int)MatmulPath::Direct;
+        paths["repack"] = (int)MatmulPath::Repack;
+        ops["relu"] = (int)OP_RELU;
+        ops["silu"] = (int)OP_SILU;
+        ops["gelu"] = (int)OP_GELU;
+        py::list names;
+        for (int i = 0; i < ISA_COUNT; ++i) names.append(isa_name((IsaIndex)i));
+        d["paths"] = paths;
+        d["unary_ops"] = ops;
+        d["isas"] = names;
+        return d;
+    });
     m.def("isa", [] { return std::string(isa_name(active_isa())); });
-    m.def("isa_supported", [](const std::string& name) { return isa_supported(isa_from_name(name)); });
+    m.def("isa_supported", [](const std::string& name) { return isa_supported(isa_by_name(name)); });
     m.def("set_isa", [](const std::string& name) {
-        const IsaIndex isa = isa_from_name(name);
+        const IsaIndex isa = isa_by_name(name);
         if (!isa_supported(isa)) throw std::invalid_argument("this CPU does not support ISA '" + name + "'");
         set_active_isa(isa);
     });
@@ -151,7 +167,7 @@ PYBIND11_MODULE(_core, m) {
         const float* xp = in_ptr<float>(x, (size_t)(N * K), "x");
         float* yp = out_ptr<float>(y, (size_t)(N * rows), "y");
         if (N == 0 || rows == 0) return;
-        if (N * K * rows < 65536) {  // too small to be worth dropping the GIL
+        if (is_small_problem(N * K * rows)) {  // too small to be worth dropping the GIL
             matmul(type, wp, rows, K, xp, (size_t)K, N, yp, 1, p);
             return;
         }

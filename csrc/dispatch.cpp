@@ -2,11 +2,10 @@
 //
 // Each table starts as the scalar set; SIMD files then override the entries they implement.
 // The AVX2 table is built only if the CPU (and OS, for the YMM state) supports AVX2, FMA and
-// F16C, so the package never executes an instruction the CPU lacks. IQKQ_ISA=scalar|avx2
-// chooses the initial active table; tests switch tables at run time to cover both.
-#include <cstdlib>
+// F16C, so the package never executes an instruction the CPU lacks. The Python package
+// applies IQKQ_ISA at import (through isa_from_name); tests switch sets at run time.
+#include <atomic>
 #include <cstring>
-#include <mutex>
 
 #include "types.h"
 
@@ -55,41 +54,27 @@ bool detect_avx512() {
 struct Registry {
     KernelTables tables[ISA_COUNT];
     bool supported[ISA_COUNT] = {true, false, false};
-    IsaIndex active = ISA_SCALAR;
+    std::atomic<int> active{ISA_SCALAR};
+
+    void register_all(IsaIndex isa) {
+        KernelTables& t = tables[isa];
+#define IQKQ_REGISTER(set, file) \
+    if (isa == isa_from_name(#set)) register_##set##_##file(t);
+#include "registry.inc"
+#undef IQKQ_REGISTER
+    }
 
     Registry() {
-        register_scalar_act(tables[ISA_SCALAR]);
-        register_scalar_unary(tables[ISA_SCALAR]);
-        register_scalar_q8_0(tables[ISA_SCALAR]);
-        register_scalar_q8_k_r8(tables[ISA_SCALAR]);
-        register_scalar_iq4_ks(tables[ISA_SCALAR]);
-        register_scalar_iq3_xxs(tables[ISA_SCALAR]);
+        // Each set starts as a copy of the one below it, so a kernel a set does not implement
+        // falls back to the next simpler set (avx512 -> avx2 -> scalar).
+        register_all(ISA_SCALAR);
         supported[ISA_AVX2] = detect_avx2();
-        tables[ISA_AVX2] = tables[ISA_SCALAR];
-#if defined(IQKQ_HAVE_X86)
-        if (supported[ISA_AVX2]) {
-            register_avx2_act(tables[ISA_AVX2]);
-            register_avx2_unary(tables[ISA_AVX2]);
-            register_avx2_q8_0(tables[ISA_AVX2]);
-            register_avx2_q8_k_r8(tables[ISA_AVX2]);
-            register_avx2_iq4_ks(tables[ISA_AVX2]);
-            register_avx2_iq3_xxs(tables[ISA_AVX2]);
-        }
-#endif
         supported[ISA_AVX512] = detect_avx512();
+        tables[ISA_AVX2] = tables[ISA_SCALAR];
+        if (supported[ISA_AVX2]) register_all(ISA_AVX2);
         tables[ISA_AVX512] = tables[ISA_AVX2];
-#if defined(IQKQ_HAVE_X86)
-        if (supported[ISA_AVX512]) {
-            register_avx512_q8_r8(tables[ISA_AVX512]);
-            register_avx512_iq3_xxs(tables[ISA_AVX512]);
-            register_avx512_iq4_ks(tables[ISA_AVX512]);
-        }
-#endif
-        active = supported[ISA_AVX512] ? ISA_AVX512 : supported[ISA_AVX2] ? ISA_AVX2 : ISA_SCALAR;
-        if (const char* env = std::getenv("IQKQ_ISA")) {
-            if (std::strcmp(env, "scalar") == 0) active = ISA_SCALAR;
-            if (std::strcmp(env, "avx2") == 0 && supported[ISA_AVX2]) active = ISA_AVX2;
-        }
+        if (supported[ISA_AVX512]) register_all(ISA_AVX512);
+        active.store(supported[ISA_AVX512] ? ISA_AVX512 : supported[ISA_AVX2] ? ISA_AVX2 : ISA_SCALAR);
     }
 };
 
@@ -100,11 +85,18 @@ Registry& registry() {
 
 }  // namespace
 
+IsaIndex isa_from_name(const char* name) {
+    if (!name) return ISA_COUNT;
+    if (std::strcmp(name, "scalar") == 0) return ISA_SCALAR;
+    if (std::strcmp(name, "avx2") == 0) return ISA_AVX2;
+    if (std::strcmp(name, "avx512") == 0) return ISA_AVX512;
+    return ISA_COUNT;
+}
 const KernelTables& kernels(IsaIndex isa) { return registry().tables[isa]; }
-const KernelTables& active() { return registry().tables[registry().active]; }
-IsaIndex active_isa() { return registry().active; }
+const KernelTables& active() { return registry().tables[registry().active.load(std::memory_order_acquire)]; }
+IsaIndex active_isa() { return (IsaIndex)registry().active.load(std::memory_order_acquire); }
 bool isa_supported(IsaIndex isa) { return isa >= 0 && isa < ISA_COUNT && registry().supported[isa]; }
-void set_active_isa(IsaIndex isa) { registry().active = isa; }
+void set_active_isa(IsaIndex isa) { registry().active.store(isa, std::memory_order_release); }
 bool type_available(int type) {
     const TypeKernels& k = registry().tables[ISA_SCALAR].types[type];
     return k.quantize && k.dequantize && k.gemm;

@@ -11,6 +11,12 @@ namespace iqkq {
 
 enum class MatmulPath : int { Auto = 0, Direct = 1, Repack = 2 };
 
+// The one small-problem threshold: work (multiply-adds, or elements touched) below this runs
+// on the calling thread, because the pool's hand-off (and, in the bindings, releasing the
+// GIL) costs more than the work.
+constexpr int64_t kSerialWork = (int64_t)1 << 17;
+bool is_small_problem(int64_t work);
+
 // Quantize rows x K floats. Returns -1 on success, or the index of the first row holding a
 // NaN or infinity (nothing is guaranteed about dst then).
 int64_t quantize(int type, const float* src, uint8_t* dst, int64_t rows, int64_t K, const float* imatrix, int nthreads);
@@ -32,25 +38,10 @@ bool uses_large_batch(int type, int64_t rows, int64_t N, MatmulPath path);
 
 // Y[n, r] = sum_k W[r, k] X[n, k] computed as ik_llama.cpp does (activations quantized to
 // the type's activation format, integer dot products, float scales). X rows are x_stride
-// floats apart; Y is N x rows, contiguous.
+// floats apart; Y is N x rows, contiguous. A row of X holding a NaN or an infinity gives a
+// row of NaN in Y (docs/formats.md, "Non-finite and extreme activations").
 void matmul(int type, const uint8_t* W, int64_t rows, int64_t K, const float* X, size_t x_stride, int64_t N,
             float* Y, int nthreads, MatmulPath path);
-
-// One expert (or the single dense matrix) of the fused up+gate op: `ny` quantized
-// activation rows (in the type's activation format, contiguous) times the gate and up
-// weights (nff rows each). Output row n (nff floats) goes to Y row out_rows[n] (or n).
-struct FusedExpert {
-    const uint8_t* gate;
-    const uint8_t* up;
-    const uint8_t* act;
-    int64_t ny;
-    const int64_t* out_rows;
-};
-
-// Y[row] = clampU(up . x) * min(act(gate . x), limit), FORMATS.md §12.1, for all experts in
-// one parallel region. The large-batch conversion follows matmul's rule per expert (ny >= 32).
-void fused_up_gate(int type, const FusedExpert* experts, int64_t n_experts, int64_t nff, int64_t K, int op, float limit,
-                   float* Y, int nthreads);
 
 // Dense fused op: X is N x K floats, Y is N x nff.
 void dense_up_gate(int type, const uint8_t* up, const uint8_t* gate, int64_t nff, int64_t K, const float* X, int64_t N,

@@ -17,7 +17,7 @@ HERE = Path(__file__).resolve().parent
 LOCAL = HERE / "data" / "vectors"
 SHARED = Path(os.environ.get("IQKQ_VECTORS", HERE.parent.parent / "shared" / "vectors"))
 
-ISAS = [name for name in ("scalar", "avx2", "avx512") if _core.isa_supported(name)]
+ISAS = [name for name in _core.constants()["isas"] if _core.isa_supported(name)]
 TYPE_NAMES = [t.name for t in iqkq.types()]
 
 

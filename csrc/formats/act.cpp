@@ -2,6 +2,7 @@
 // the AVX2 variant ik_llama.cpp uses as from_float). Activations are quantized once per
 // matmul, row by row, into these layouts; the weight kernels consume them.
 #include "common.h"
+#include "formats/act.h"
 #include "types.h"
 
 #include <cmath>
@@ -22,7 +23,10 @@ void quantize_q8_2_block(const float* x, uint16_t* d_out, int16_t* s_out, int8_t
     const float m = block_absmax(x, 32);
     const uint16_t t = fp32_to_bf16(m / 127.0f);
     const float d = bf16_to_fp32(t);
-    const float id = d > 0.0f ? 1.0f / d : 0.0f;
+    // A block so small that 1/d overflows quantizes to zeros (docs/formats.md, "Non-finite
+    // and extreme activations"; ik_llama.cpp would produce -128s there).
+    const float r = d > 0.0f ? 1.0f / d : 0.0f;
+    const float id = r <= 3.40282347e38f ? r : 0.0f;
     int sum = 0;
     for (int j = 0; j < 32; ++j) {
         const int8_t v = sat_i8(cvt_rne_i32(x[j] * id));
@@ -40,49 +44,41 @@ void act_q8_2_x4(const float* x, uint8_t* dst, int64_t K) {
         int16_t s;
         int8_t q[32];
         quantize_q8_2_block(x + 32 * i, &d, &s, q);
-        if (i < nb4) {
-            uint8_t* g = dst + 144 * (i / 4);
-            const int t = (int)(i % 4);
-            wr_u16(g + 2 * t, d);
-            wr_u16(g + 8 + 2 * t, (uint16_t)s);
-            std::memcpy(g + 16 + 32 * t, q, 32);
-        } else {
-            uint8_t* b = dst + 36 * i;
-            wr_u16(b, d);
-            wr_u16(b + 2, (uint16_t)s);
-            std::memcpy(b + 4, q, 32);
-        }
+        wr_u16(dst + act::q82_d_offset(i, nb4), d);
+        wr_u16(dst + act::q82_s_offset(i, nb4), (uint16_t)s);
+        std::memcpy(dst + act::q82_qs_offset(i, nb4), q, 32);
     }
 }
 
 template <bool kFloatSums>
 void act_q8_K_impl(const float* x, uint8_t* dst, int64_t K) {
-    for (int64_t i = 0; i < K / 256; ++i, x += 256, dst += 296) {
+    for (int64_t i = 0; i < K / 256; ++i, x += 256, dst += act::kQ8KBytes) {
         const float m = block_absmax(x, 256);
         const float d = m / 127.0f;
-        const float id = m != 0.0f ? 127.0f / m : 0.0f;
-        int8_t* q = reinterpret_cast<int8_t*>(dst + 8);
+        const float r = m != 0.0f ? 127.0f / m : 0.0f;
+        const float id = r <= 3.40282347e38f ? r : 0.0f;  // overflowing scale: zeros (see q8_2 above)
+        int8_t* q = reinterpret_cast<int8_t*>(dst + act::kQ8KQs);
         for (int j = 0; j < 256; ++j) q[j] = sat_i8(cvt_rne_i32(id * x[j]));
-        wr_f32(dst, d);
+        wr_f32(dst + act::kQ8KD, d);
         if (kFloatSums) {
             float total = 0.0f;
             for (int k = 0; k < 8; ++k) {
                 int s = 0;
                 for (int j = 0; j < 32; ++j) s += q[32 * k + j];
                 const float bs = d * (float)s;
-                wr_f32(dst + 264 + 4 * k, bs);
+                wr_f32(dst + act::kQ8KBsums + 4 * k, bs);
                 total = total + bs;
             }
-            wr_f32(dst + 4, total);
+            wr_f32(dst + act::kQ8KSum, total);
         } else {
             int total = 0;
             for (int k = 0; k < 16; ++k) {
                 int s = 0;
                 for (int j = 0; j < 16; ++j) s += q[16 * k + j];
-                wr_u16(dst + 264 + 2 * k, (uint16_t)(int16_t)s);
+                wr_u16(dst + act::kQ8KBsums + 2 * k, (uint16_t)(int16_t)s);
                 total += s;
             }
-            wr_f32(dst + 4, d * (float)total);
+            wr_f32(dst + act::kQ8KSum, d * (float)total);
         }
     }
 }

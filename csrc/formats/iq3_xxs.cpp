@@ -9,6 +9,7 @@
 #include "formats/iq3_xxs.h"
 
 #include "common.h"
+#include "formats/act.h"
 #include "types.h"
 
 #include <cfloat>
@@ -233,11 +234,11 @@ struct ActSB {
     int16_t bsums[16];
 };
 ActSB act_sb(const uint8_t* a, int64_t i) {
-    const uint8_t* p = a + 296 * i;
+    const uint8_t* p = a + act::kQ8KBytes * i;
     ActSB s;
     s.d = rd_f32(p);
-    s.q = reinterpret_cast<const int8_t*>(p + 8);
-    for (int k = 0; k < 16; ++k) s.bsums[k] = (int16_t)rd_u16(p + 264 + 2 * k);
+    s.q = reinterpret_cast<const int8_t*>(p + act::kQ8KQs);
+    for (int k = 0; k < 16; ++k) s.bsums[k] = (int16_t)rd_u16(p + act::kQ8KBsums + 2 * k);
     return s;
 }
 

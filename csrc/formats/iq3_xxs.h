@@ -4,6 +4,8 @@
 // Everything here is data or `static inline` (see common.h for why).
 #pragma once
 #include <cstdint>
+
+#include "types.h"
 #include <cstring>
 
 #include "common.h"
@@ -19,6 +21,8 @@ constexpr int kSasOff = 66;        // iq3_xxs: sas words at 66..97
 constexpr int kR4SasOff = 8;       // iq3_xxs_r4: sas words at 8..135 (block b, row r at 8 + 16b + 4r)
 constexpr int kR4QsOff = 136;      // iq3_xxs_r4: grid indices at 136 + 32b + 8r + k
 constexpr int kNbSize = 22825;     // words in kNeighbours
+static_assert(kTypes[T_IQ3_XXS].block_size == kQK && kTypes[T_IQ3_XXS].type_size == kBytes, "iq3_xxs layout");
+static_assert(kR4Bytes == kTypes[T_IQ3_XXS_R4].interleave * kBytes, "iq3_xxs_r4 layout");
 
 constexpr float kGroupMaxEps = 1e-8f;  // GROUP_MAX_EPS_IQ3_XXS
 constexpr float kFudge = 1.0125f;      // d is stored as fp16(max_scale/31 * 1.0125)

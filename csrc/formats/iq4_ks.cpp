@@ -8,6 +8,7 @@
 #include "formats/iq4_ks.h"
 
 #include "common.h"
+#include "formats/act.h"
 #include "types.h"
 
 #include <algorithm>
@@ -310,7 +311,7 @@ void dequantize_iq4_ks_r4(const uint8_t* src, float* dst, int64_t nrows, int64_t
 
 // q8_K / q8_K32 activation super-block (FORMATS.md §4.1): f32 d at 0, int8 quants at 8,
 // bsums at 264 (q8_K32: 8 x f32 d * block sums).
-constexpr int kActBytes = 296;
+constexpr int kActBytes = act::kQ8KBytes;  // one q8_K / q8_K32 record
 
 // Kernel (E): iq4_ks x q8_K. Lane L of the 8 float accumulators collects, per super-block,
 // elements 4L..4L+3 of every block (exact int32), scaled by f32(D * dA) with one fma.
@@ -325,7 +326,7 @@ void gemm_iq4_ks(const GemmArgs& g) {
             for (int64_t i = 0; i < nsuper; ++i) {
                 const uint8_t* sb = w + kRowMeta + i * kSuperBytes;
                 const uint8_t* ab = a + i * kActBytes;
-                const int8_t* q = reinterpret_cast<const int8_t*>(ab + 8);
+                const int8_t* q = reinterpret_cast<const int8_t*>(ab + act::kQ8KQs);
                 int32_t S[8] = {0, 0, 0, 0, 0, 0, 0, 0};
                 for (int b = 0; b < 8; ++b) {
                     const int ls = (sb[b] & 254) - 127;
@@ -361,13 +362,13 @@ void gemm_iq4_ks_r4(const GemmArgs& g) {
             for (int64_t i = 0; i < nsuper; ++i) {
                 const uint8_t* s = w + 16 + i * kR4Bytes;
                 const uint8_t* ab = a + i * kActBytes;
-                const int8_t* q = reinterpret_cast<const int8_t*>(ab + 8);
+                const int8_t* q = reinterpret_cast<const int8_t*>(ab + act::kQ8KQs);
                 for (int t = 0; t < 4; ++t) {
                     for (int l = 0; l < 8; ++l) {
                         const int b = t + 4 * (l / 4);
                         const uint8_t sc = s[4 * b + l % 4];
                         const float v = (float)((sc & 254) - 127) * (float)(4 * (sc & 1));
-                        acc[l] = fmaf_exact(v, rd_f32(ab + 264 + 4 * b), acc[l]);
+                        acc[l] = fmaf_exact(v, rd_f32(ab + act::kQ8KBsums + 4 * b), acc[l]);
                     }
                 }
                 const float dA = rd_f32(ab);

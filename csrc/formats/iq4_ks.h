@@ -4,6 +4,8 @@
 #pragma once
 #include <cstdint>
 
+#include "types.h"
+
 namespace iqkq {
 namespace iq4_ks {
 
@@ -13,8 +15,11 @@ constexpr int kSuperBytes = 136;   // 8 scale bytes + 128 bytes of nibbles
 constexpr int kR4Bytes = 4 * 136;  // one interleaved super-block of 4 rows: 32 scales + 512 nibble bytes
 constexpr int kRowMeta = 4;        // f32 row scale in front of every row (4 in front of an r4 group each)
 constexpr int kNtry = 7;           // scale trials t = -7 .. +7
+static_assert(kTypes[T_IQ4_KS].block_size == kSuper && kTypes[T_IQ4_KS].type_size == kSuperBytes &&
+              kTypes[T_IQ4_KS].row_meta == kRowMeta, "iq4_ks layout");
+static_assert(kR4Bytes == kTypes[T_IQ4_KS_R4].interleave * kSuperBytes, "iq4_ks_r4 layout");
 
-static inline int64_t row_bytes(int64_t K) { return kRowMeta + kSuperBytes * (K / kSuper); }
+static inline int64_t row_bytes(int64_t K) { return (int64_t)iqkq::row_bytes(kTypes[T_IQ4_KS], K); }
 
 // The iq4_k codebook: entries 0..15 the base table, 16..31 the "shifted" table (base + 4),
 // selected by bit 0 of a block's scale byte.

@@ -3,6 +3,7 @@
 #include "formats/q8_0.h"
 
 #include "common.h"
+#include "formats/act.h"
 #include "types.h"
 
 #include <cmath>
@@ -103,12 +104,8 @@ struct ActBlock {
     const int8_t* q;
 };
 inline ActBlock act_block(const uint8_t* a, int64_t i, int64_t nb4) {
-    if (i < nb4) {
-        const uint8_t* g = a + 144 * (i / 4);
-        const int t = (int)(i % 4);
-        return {bf16_to_fp32(rd_u16(g + 2 * t)), reinterpret_cast<const int8_t*>(g + 16 + 32 * t)};
-    }
-    return {bf16_to_fp32(rd_u16(a + 36 * i)), reinterpret_cast<const int8_t*>(a + 36 * i + 4)};
+    return {bf16_to_fp32(rd_u16(a + act::q82_d_offset(i, nb4))),
+            reinterpret_cast<const int8_t*>(a + act::q82_qs_offset(i, nb4))};
 }
 
 inline int32_t dot_i8(const int8_t* w, const int8_t* a, int n) {

@@ -2,12 +2,16 @@
 #pragma once
 #include <cstdint>
 
+#include "types.h"
+
 namespace iqkq {
 namespace q8_0 {
 
 constexpr int kBlock = 32;       // elements per block
 constexpr int kBytes = 34;       // fp16 d + 32 int8 quants
 constexpr int kR8Bytes = 8 * 34; // one physical q8_0_r8 block: 8 fp16 d + 256 interleaved quants
+static_assert(kTypes[T_Q8_0].block_size == kBlock && kTypes[T_Q8_0].type_size == kBytes, "q8_0 layout");
+static_assert(kR8Bytes == kTypes[T_Q8_0_R8].interleave * kTypes[T_Q8_0_R8].type_size, "q8_0_r8 layout");
 
 // Reference quantization of one 32-block (model-file routine, §2.3): d = amax/127,
 // id = 1/d, quants = roundf(x * id). The conversion of the rounded value to int8 follows

@@ -4,6 +4,7 @@
 #include "formats/q8_k_r8.h"
 
 #include "common.h"
+#include "formats/act.h"
 #include "types.h"
 
 namespace iqkq {
@@ -55,9 +56,9 @@ void gemm_q8_k_r8(const GemmArgs& g) {
             float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
             for (int64_t i = 0; i < nb; ++i) {
                 const uint8_t* blk = w + i * kGroupBlock;
-                const uint8_t* ab = a + i * 296;
+                const uint8_t* ab = a + i * act::kQ8KBytes;
                 const float dA = rd_f32(ab);
-                const int8_t* aq = reinterpret_cast<const int8_t*>(ab + 8);
+                const int8_t* aq = reinterpret_cast<const int8_t*>(ab + act::kQ8KQs);
                 for (int r = 0; r < 8; ++r) {
                     int32_t p = 0;
                     for (int j = 0; j < kBlock; ++j)

@@ -3,10 +3,14 @@
 #pragma once
 #include <cstdint>
 
+#include "types.h"
+
 namespace iqkq {
 namespace q8_k_r8 {
 constexpr int kBlock = 256;
 constexpr int kRowBytes = 258;        // per row share of a super-block
 constexpr int kGroupBlock = 8 * 258;  // 2064 bytes: 8 rows of one super-block
+static_assert(kTypes[T_Q8_K_R8].block_size == kBlock && kTypes[T_Q8_K_R8].type_size == kRowBytes, "q8_k_r8 layout");
+static_assert(kGroupBlock == kTypes[T_Q8_K_R8].interleave * kRowBytes, "q8_k_r8 group");
 }  // namespace q8_k_r8
 }  // namespace iqkq

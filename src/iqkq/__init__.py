@@ -52,13 +52,16 @@ def _init_isa() -> None:
     from . import _core
 
     want = os.environ.get("IQKQ_ISA")
-    if want:
-        want = want.strip().lower()
-        if want not in ("scalar", "avx2", "avx512"):
-            raise ImportError(f"IQKQ_ISA must be 'scalar', 'avx2' or 'avx512', got {want!r}")
-        if not _core.isa_supported(want):
-            raise ImportError(f"IQKQ_ISA={want!r} but this CPU does not support it")
-        _core.set_isa(want)
+    if want is None or not want.strip():
+        return
+    want = want.strip().lower()
+    try:
+        supported = _core.isa_supported(want)
+    except ValueError as e:  # unknown name: the core's one parser says which names exist
+        raise ImportError(f"IQKQ_ISA: {e}") from None
+    if not supported:
+        raise ImportError(f"IQKQ_ISA={want!r} but this CPU does not support it")
+    _core.set_isa(want)
 
 
 _init_isa()

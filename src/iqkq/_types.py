@@ -31,6 +31,9 @@ class TypeInfo:
         needs_imatrix: whether the type requires an importance matrix to quantize.
         base: name of the plain type an interleaved type is a permutation of, or None.
         interleaved: name of this type's interleaved twin, or None.
+        large_batch: the type ``matmul`` converts the weights to for large batches (as
+            ik_llama.cpp does), or None when the type is always used directly.
+        large_batch_min_n: the batch size (activation rows) from which that conversion is used.
     """
 
     name: str
@@ -43,6 +46,8 @@ class TypeInfo:
     needs_imatrix: bool
     base: Optional[str]
     interleaved: Optional[str]
+    large_batch: Optional[str]
+    large_batch_min_n: int
     index: int  # position in the native table (private)
 
     @property
@@ -60,6 +65,7 @@ class TypeInfo:
 
 
 _RAW = _core.types_table()
+_RAW_BY_NAME = {r["name"]: r for r in _RAW}
 
 
 def _load() -> List[TypeInfo]:
@@ -81,6 +87,8 @@ def _load() -> List[TypeInfo]:
                 needs_imatrix=bool(r["needs_imatrix"]),
                 base=names[r["base"]] if r["base"] >= 0 else None,
                 interleaved=names[r["interleaved"]] if r["interleaved"] >= 0 else None,
+                large_batch=names[r["large_batch"]] if r["has_large_batch"] else None,
+                large_batch_min_n=r["large_batch_min_n"] if r["has_large_batch"] else 0,
                 index=r["index"],
             )
         )

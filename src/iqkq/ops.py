@@ -11,7 +11,7 @@ from typing import Optional, Union
 import numpy as np
 
 from . import _core
-from ._types import TypeInfo, _LARGE_BATCH, type_info
+from ._types import TypeInfo, _LARGE_BATCH, _RAW_BY_NAME, type_info
 from .tensor import QuantizedTensor
 
 __all__ = [
@@ -27,7 +27,8 @@ __all__ = [
     "moe_up_gate",
 ]
 
-_PATHS = {"auto": 0, "direct": 1, "repack": 2}
+_CONST = _core.constants()
+_PATHS = dict(_CONST["paths"])
 
 
 # ----------------------------------------------------------------------------- threads / ISA
@@ -305,10 +306,13 @@ def matmul(w: QuantizedTensor, x, *, threads: Optional[int] = None, path: str = 
     p = _PATHS.get(path) if isinstance(path, str) else None
     if p is None:
         raise ValueError(f"path must be one of 'auto', 'direct', 'repack', got {path!r}")
-    if p == 2 and (_LARGE_BATCH[t.name] is None or rows % 8):
-        raise ValueError(
-            f"{t.name}: path='repack' needs a type with a large-batch form and rows % 8 == 0 (rows={rows})"
-        )
+    if p == _PATHS["repack"]:
+        lb = _LARGE_BATCH[t.name]
+        if lb is None:
+            raise ValueError(f"{t.name}: path='repack' needs a type with a large-batch form; {t.name} has none")
+        if rows % _RAW_BY_NAME[lb]["interleave"]:
+            raise ValueError(f"{t.name}: path='repack' converts to {lb}, which needs rows % "
+                             f"{_RAW_BY_NAME[lb]['interleave']} == 0 (rows={rows})")
     y = np.empty((N, rows), dtype=np.float32)
     _core.matmul(t.index, w._data, rows, K, xa, N, y, _num_threads if threads is None else _check_threads(threads), p)
     return y[0] if nd == 1 else y
@@ -336,7 +340,7 @@ def _matmul_stacked(w: QuantizedTensor, x, threads, path) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- fused up + gate
-_ACTS = {"silu": 10, "gelu": 15, "relu": 6}
+_ACTS = dict(_CONST["unary_ops"])
 
 
 def _check_act(act, limit):

@@ -13,6 +13,7 @@
 // q8_K block sums (exactly as kernel (D) specifies; for (F) the same removal yields the same
 // exact integers as applying the signs to the activations).
 #include "common.h"
+#include "formats/act.h"
 #include "formats/iq3_xxs.h"
 #include "kernels/avx2/simd.h"
 #include "types.h"
@@ -362,7 +363,7 @@ inline __m256i iq3_block_mults(const uint8_t* blk) {
 // fma(cm, M, acc) with M_b = mult_b * (bsums[2b] + bsums[2b+1]), then fma(c, S, acc).
 inline __m256 d_update(__m256 acc, const uint8_t* as, float dx, __m256i mults, __m256i S) {
     const float dA = rd_f32(as);
-    const __m256i M = _mm256_madd_epi16(load32(as + 264), mults);
+    const __m256i M = _mm256_madd_epi16(load32(as + act::kQ8KBsums), mults);
     acc = _mm256_fmadd_ps(_mm256_set1_ps((-dx * 64.0f) * dA), _mm256_cvtepi32_ps(M), acc);
     return _mm256_fmadd_ps(_mm256_set1_ps(dx * dA), _mm256_cvtepi32_ps(S), acc);
 }
@@ -386,12 +387,12 @@ void gemm_iq3_xxs_small(const GemmArgs& g) {
                 const __m256i u = offset_values(grid_block(blk + kQsOff + 8 * b), sign_mask(b < 4 ? s0 : s1, b & 3));
                 const __m256i mb = _mm256_permutevar8x32_epi32(mults, _mm256_set1_epi32(b));
                 for (int n = 0; n < NC; ++n) {
-                    const __m256i a = load32(g.A + n * g.a_row_bytes + 296 * i + 8 + 32 * b);
+                    const __m256i a = load32(g.A + n * g.a_row_bytes + act::kQ8KBytes * i + act::kQ8KQs + 32 * b);
                     S[n] = _mm256_add_epi32(S[n], _mm256_madd_epi16(_mm256_maddubs_epi16(u, a), mb));
                 }
             }
             const float dx = 0.25f * _cvtsh_ss(rd_u16(blk));
-            for (int n = 0; n < NC; ++n) acc[n] = d_update(acc[n], g.A + n * g.a_row_bytes + 296 * i, dx, mults, S[n]);
+            for (int n = 0; n < NC; ++n) acc[n] = d_update(acc[n], g.A + n * g.a_row_bytes + act::kQ8KBytes * i, dx, mults, S[n]);
         }
         for (int n = 0; n < NC; ++n) g.C[n * g.ldc + r] = hsum8(acc[n]);
     }
@@ -439,7 +440,7 @@ void gemm_iq3_xxs_large(const GemmArgs& g, int64_t n0, int nc) {
             const uint8_t* blk = w + i * kBytes;
             decode_row(blk, D);
             const float dx = 0.25f * _cvtsh_ss(rd_u16(blk));
-            const uint8_t* as = A + 296 * i;
+            const uint8_t* as = A + act::kQ8KBytes * i;
             int n = 0;
             for (; n + 4 <= nc; n += 4) d_columns<4>(D, dx, as + n * g.a_row_bytes, g.a_row_bytes, acc + n);
             switch (nc - n) {
@@ -480,7 +481,7 @@ inline __m128i r4_mults(const uint8_t* blk, int b) {
 // The offset the unsigned weights add, 64 * sum_b mult(r, b) * bsums[2b + h] in lane (r, h).
 // X[t] lane (r, h) holds the int16 pair (mult(r, 2t), mult(r, 2t + 1)).
 inline __m256i r4_offset(const __m256i* X, const uint8_t* as) {
-    const __m256i bs = load32(as + 264);
+    const __m256i bs = load32(as + act::kQ8KBsums);
     const __m256i lo = dup_lo(bs), hi = dup_hi(bs);  // bsums 0..7 / 8..15 in both halves
     // pair t of blocks: lanes h = 0 take bsums (4t, 4t+2), lanes h = 1 take (4t+1, 4t+3)
     const __m256i p0 = _mm256_setr_epi8(0, 1, 4, 5, 0, 1, 4, 5, 0, 1, 4, 5, 0, 1, 4, 5, 2, 3, 6, 7, 2, 3, 6, 7, 2, 3, 6, 7, 2,
@@ -535,7 +536,7 @@ void gemm_iq3_xxs_r4_small(const GemmArgs& g) {
                 const __m256i m2 = _mm256_set_m128i(mult[b], mult[b]);
                 const __m256i sg = r4_sign_bytes(blk + kR4SasOff + 16 * b);
                 __m256i a[NC];
-                for (int n = 0; n < NC; ++n) a[n] = load32(g.A + n * g.a_row_bytes + 296 * i + 8 + 32 * b);
+                for (int n = 0; n < NC; ++n) a[n] = load32(g.A + n * g.a_row_bytes + act::kQ8KBytes * i + act::kQ8KQs + 32 * b);
 #pragma GCC unroll 4
                 for (int r = 0; r < 4; ++r) {
                     const __m256i u = offset_values(grid_block(blk + kR4QsOff + 32 * b + 8 * r), sign_mask(sg, r));
@@ -548,7 +549,7 @@ void gemm_iq3_xxs_r4_small(const GemmArgs& g) {
             __m256i X[4];
             r4_pairs(mult, X);
             const __m256 d8 = r4_scales(blk);
-            for (int n = 0; n < NC; ++n) acc[n] = f_update(acc[n], P[n], X, g.A + n * g.a_row_bytes + 296 * i, d8);
+            for (int n = 0; n < NC; ++n) acc[n] = f_update(acc[n], P[n], X, g.A + n * g.a_row_bytes + act::kQ8KBytes * i, d8);
         }
         for (int n = 0; n < NC; ++n) store_r4(g.C + n * g.ldc + grp * 4, acc[n]);
     }
@@ -605,7 +606,7 @@ void gemm_iq3_xxs_r4_large(const GemmArgs& g, int64_t n0, int nc) {
             const uint8_t* blk = w + i * kR4Bytes;
             decode_group(blk, D);
             const __m256 d8 = r4_scales(blk);
-            const uint8_t* as = A + 296 * i;
+            const uint8_t* as = A + act::kQ8KBytes * i;
             int n = 0;
             for (; n + 2 <= nc; n += 2) f_columns<2>(D, d8, as + n * g.a_row_bytes, g.a_row_bytes, acc + n);
             if (n < nc) f_columns<1>(D, d8, as + n * g.a_row_bytes, g.a_row_bytes, acc + n);

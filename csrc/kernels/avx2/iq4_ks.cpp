@@ -8,6 +8,7 @@
 #include <new>
 
 #include "common.h"
+#include "formats/act.h"
 #include "formats/iq4_ks.h"
 #include "kernels/avx2/simd.h"
 #include "types.h"
@@ -432,7 +433,7 @@ void dequantize_iq4_ks_r4(const uint8_t* src, float* dst, int64_t nrows, int64_t
 
 // ================================================================================ matmul
 
-constexpr int kActBytes = 296;
+constexpr int kActBytes = act::kQ8KBytes;  // one q8_K / q8_K32 record
 
 // Kernel (E) for NC activation columns: the weights of a block are unpacked once and used
 // for all columns. Lane L of the int32 sum = elements 4L..4L+3 of every block.
@@ -458,7 +459,7 @@ __attribute__((noinline)) void gemm_iq4_ks_cols(const GemmArgs& g, int64_t n0) {
                 const __m256i av = _mm256_sign_epi8(v, v);
                 const __m256i ls = _mm256_set1_epi16((int16_t)((s & 254) - 127));
                 for (int n = 0; n < NC; ++n) {
-                    const __m256i a = load32(acts[n] + ao + 8 + 32 * b);
+                    const __m256i a = load32(acts[n] + ao + act::kQ8KQs + 32 * b);
                     sum[n] = _mm256_add_epi32(sum[n], _mm256_madd_epi16(ls, _mm256_maddubs_epi16(av, _mm256_sign_epi8(a, v))));
                 }
             }
@@ -479,7 +480,7 @@ __attribute__((noinline)) void gemm_iq4_ks_cols(const GemmArgs& g, int64_t n0) {
 // integers S_L as gemm_iq4_ks_cols, hence the same floats.
 void pair_activations(const uint8_t* act, int64_t nsuper, uint8_t* out) {
     for (int64_t i = 0; i < nsuper; ++i) {
-        const uint8_t* q = act + i * kActBytes + 8;
+        const uint8_t* q = act + i * kActBytes + act::kQ8KQs;
         uint8_t* o = out + i * kSuper;
         for (int p = 0; p < 4; ++p) {
             const __m256i x = load32(q + 64 * p), y = load32(q + 64 * p + 32);
@@ -638,7 +639,7 @@ __attribute__((noinline)) void gemm_iq4_ks_r4_cols(const GemmArgs& g, int64_t n0
                 const __m256 v2 = _mm256_mul_ps(_mm256_permute2f128_ps(H1, H3, 0x20), _mm256_permute2f128_ps(S1, S3, 0x20));
                 const __m256 v3 = _mm256_mul_ps(_mm256_permute2f128_ps(H1, H3, 0x31), _mm256_permute2f128_ps(S1, S3, 0x31));
                 for (int n = 0; n < NC; ++n) {
-                    const __m256 m8 = _mm256_loadu_ps(reinterpret_cast<const float*>(acts[n] + ao + 264));
+                    const __m256 m8 = _mm256_loadu_ps(reinterpret_cast<const float*>(acts[n] + ao + act::kQ8KBsums));
                     acc[n] = _mm256_fmadd_ps(v0, _mm256_shuffle_ps(m8, m8, 0x00), acc[n]);
                     acc[n] = _mm256_fmadd_ps(v1, _mm256_shuffle_ps(m8, m8, 0x55), acc[n]);
                     acc[n] = _mm256_fmadd_ps(v2, _mm256_shuffle_ps(m8, m8, 0xaa), acc[n]);
@@ -661,7 +662,7 @@ __attribute__((noinline)) void gemm_iq4_ks_r4_cols(const GemmArgs& g, int64_t n0
                 const __m256i a0 = _mm256_sign_epi8(qx0, qx0), a1 = _mm256_sign_epi8(qx1, qx1);
                 const __m256i a2 = _mm256_sign_epi8(qx2, qx2), a3 = _mm256_sign_epi8(qx3, qx3);
                 for (int n = 0; n < NC; ++n) {
-                    const __m256i y = load32(acts[n] + ao + 8 + 32 * b);
+                    const __m256i y = load32(acts[n] + ao + act::kQ8KQs + 32 * b);
                     const __m256i p0 = _mm256_maddubs_epi16(a0, _mm256_sign_epi8(_mm256_shuffle_epi32(y, 0x00), qx0));
                     const __m256i p1 = _mm256_maddubs_epi16(a1, _mm256_sign_epi8(_mm256_shuffle_epi32(y, 0x55), qx1));
                     const __m256i p2 = _mm256_maddubs_epi16(a2, _mm256_sign_epi8(_mm256_shuffle_epi32(y, 0xaa), qx2));

@@ -3,6 +3,7 @@
 // Bit-exact twins of formats/q8_0.cpp (the integer sums are exact; the float operations
 // are the same operations in the same order).
 #include "common.h"
+#include "formats/act.h"
 #include "formats/q8_0.h"
 #include "kernels/avx2/simd.h"
 #include "types.h"
@@ -175,10 +176,10 @@ void gemm_q8_0_cols(const GemmArgs& g, int64_t n0) {
                 wa[t] = _mm256_sign_epi8(wq[t], wq[t]);
             }
             for (int n = 0; n < NC; ++n) {
-                const uint8_t* ag = acts[n] + 144 * (b / 4);
+                const uint8_t* ag = acts[n] + act::kQ82GroupBytes * (b / 4);
                 __m256i p[4];
                 for (int t = 0; t < 4; ++t)
-                    p[t] = _mm256_madd_epi16(_mm256_maddubs_epi16(wa[t], _mm256_sign_epi8(load32(ag + 16 + 32 * t), wq[t])),
+                    p[t] = _mm256_madd_epi16(_mm256_maddubs_epi16(wa[t], _mm256_sign_epi8(load32(ag + act::kQ82GroupQs + 32 * t), wq[t])),
                                              _mm256_set1_epi16(1));
                 const __m256i P = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
                 const __m128 c4 = _mm_mul_ps(dw, act_scales4(ag));
@@ -191,9 +192,9 @@ void gemm_q8_0_cols(const GemmArgs& g, int64_t n0) {
             const float dw = _cvtsh_ss(rd_u16(blk));
             const __m256i wq = load32(blk + 2);
             for (int n = 0; n < NC; ++n) {
-                const uint8_t* ab = acts[n] + 36 * b;
+                const uint8_t* ab = acts[n] + act::kQ82Bytes * b;
                 const __m256 c = _mm256_set1_ps(dw * bf16_to_fp32(rd_u16(ab)));
-                acc[n] = _mm256_fmadd_ps(c, _mm256_cvtepi32_ps(dot4_i8(wq, load32(ab + 4))), acc[n]);
+                acc[n] = _mm256_fmadd_ps(c, _mm256_cvtepi32_ps(dot4_i8(wq, load32(ab + act::kQ82Qs))), acc[n]);
             }
         }
         for (int n = 0; n < NC; ++n) g.C[(n0 + n) * g.ldc + r] = hsum8(acc[n]);
@@ -220,8 +221,7 @@ void gemm_q8_0_r8_cols(const GemmArgs& g, int64_t n0) {
             const uint8_t* blk = w + b * kR8Bytes;
             const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk)));
             // Offsets of this block's scale and quants inside each activation row.
-            const int64_t so = b < nb4 ? 144 * (b / 4) + 2 * (b % 4) : 36 * b;
-            const int64_t qo = b < nb4 ? 144 * (b / 4) + 16 + 32 * (b % 4) : 36 * b + 4;
+            const int64_t so = act::q82_d_offset(b, nb4), qo = act::q82_qs_offset(b, nb4);
             __m256i sum[NC];
             for (int n = 0; n < NC; ++n) sum[n] = _mm256_setzero_si256();
             for (int half = 0; half < 2; ++half) {

@@ -2,6 +2,7 @@
 // the matmul kernel (C) q8_k_r8 x q8_K of FORMATS.md §11.3. Bit-exact twins of
 // formats/q8_k_r8.cpp.
 #include "common.h"
+#include "formats/act.h"
 #include "formats/q8_k_r8.h"
 #include "kernels/avx2/simd.h"
 #include "types.h"
@@ -92,7 +93,7 @@ void gemm_cols(const GemmArgs& g, int64_t n0) {
                     wa[l] = _mm256_sign_epi8(wq[l], wq[l]);
                 }
                 for (int n = 0; n < NC; ++n) {
-                    const uint8_t* aq = acts[n] + i * 296 + 8 + 4 * m;
+                    const uint8_t* aq = acts[n] + i * act::kQ8KBytes + act::kQ8KQs + 4 * m;
                     __m256i s01, s23;
                     {
                         int32_t a0, a1, a2, a3;
@@ -112,7 +113,7 @@ void gemm_cols(const GemmArgs& g, int64_t n0) {
             }
             const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk)));
             for (int n = 0; n < NC; ++n) {
-                const __m256 c = _mm256_mul_ps(dw, _mm256_set1_ps(rd_f32(acts[n] + i * 296)));
+                const __m256 c = _mm256_mul_ps(dw, _mm256_set1_ps(rd_f32(acts[n] + i * act::kQ8KBytes)));
                 acc[n] = _mm256_fmadd_ps(c, _mm256_cvtepi32_ps(sum[n]), acc[n]);
             }
         }

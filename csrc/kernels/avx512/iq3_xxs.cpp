@@ -23,6 +23,7 @@
 // All integer sums are exact and the float operations are those of (D) / (F) in the same
 // order, so the results are bit-identical to the scalar and AVX2 kernels.
 #include "common.h"
+#include "formats/act.h"
 #include "formats/iq3_xxs.h"
 #include "kernels/avx2/simd.h"
 #include "kernels/avx512/simd.h"
@@ -178,14 +179,14 @@ inline void decode_d(const uint8_t* blk, DecD& D) {
 // The per-super-block float updates of (D) for one column: fma(cm, M, acc), then fma(c, S, acc).
 inline __m256 d_update(__m256 acc, const uint8_t* as, const DecD& D, __m256i S) {
     const __m256 dA = _mm256_set1_ps(rd_f32(as));
-    const __m256i M = _mm256_madd_epi16(ld32(as + 264), D.mults);
+    const __m256i M = _mm256_madd_epi16(ld32(as + act::kQ8KBsums), D.mults);
     acc = _mm256_fmadd_ps(_mm256_mul_ps(D.mdx64, dA), _mm256_cvtepi32_ps(M), acc);
     return _mm256_fmadd_ps(_mm256_mul_ps(D.dx, dA), _mm256_cvtepi32_ps(S), acc);
 }
 
 // S_L of one column: lane L = elements 4L..4L+3 of every block, times the block multiplier.
 inline __m256i d_sums(const DecD& D, const uint8_t* as) {
-    __m512i s0 = _mm512_madd_epi16(_mm512_maddubs_epi16(D.u[0], ld64(as + 8)), D.sc[0]);
+    __m512i s0 = _mm512_madd_epi16(_mm512_maddubs_epi16(D.u[0], ld64(as + act::kQ8KQs)), D.sc[0]);
     __m512i s1 = _mm512_madd_epi16(_mm512_maddubs_epi16(D.u[1], ld64(as + 72)), D.sc[1]);
     s0 = _mm512_dpwssd_epi32(s0, _mm512_maddubs_epi16(D.u[2], ld64(as + 136)), D.sc[2]);
     s1 = _mm512_dpwssd_epi32(s1, _mm512_maddubs_epi16(D.u[3], ld64(as + 200)), D.sc[3]);
@@ -209,7 +210,7 @@ void gemm_d_small(const GemmArgs& g) {
         for (int64_t i = 0; i < nbl; ++i) {
             DecD D;
             decode_d(w + i * kBytes, D);
-            d_cols<NC>(D, g.A + 296 * i, g.a_row_bytes, acc);
+            d_cols<NC>(D, g.A + act::kQ8KBytes * i, g.a_row_bytes, acc);
         }
         for (int n = 0; n < NC; ++n) g.C[n * g.ldc + r] = hsum8(acc[n]);
     }
@@ -228,7 +229,7 @@ void gemm_d_many(const GemmArgs& g, int64_t n0, int nc) {
         for (int64_t i = 0; i < nbl; ++i) {
             DecD D;
             decode_d(w + i * kBytes, D);
-            const uint8_t* as = A + 296 * i;
+            const uint8_t* as = A + act::kQ8KBytes * i;
             int n = 0;
             for (; n + 8 <= nc; n += 8) d_cols<8>(D, as + n * g.a_row_bytes, g.a_row_bytes, acc + n);
             if (n + 4 <= nc) {
@@ -311,7 +312,7 @@ inline void decode_f(const uint8_t* blk, DecF& D) {
 
 // The offset the unsigned weights add, 64 * sum_b mult(r, b) * bsums[2b + h] in lane (r, h).
 inline __m256i r4_offset(const __m256i* X, const uint8_t* as) {
-    const __m256i bs = ld32(as + 264);
+    const __m256i bs = ld32(as + act::kQ8KBsums);
     const __m256i lo = _mm256_permute2x128_si256(bs, bs, 0x00), hi = _mm256_permute2x128_si256(bs, bs, 0x11);
     // pair t of blocks: lanes h = 0 take bsums (4t, 4t+2), lanes h = 1 take (4t+1, 4t+3)
     const __m256i p0 = _mm256_setr_epi8(0, 1, 4, 5, 0, 1, 4, 5, 0, 1, 4, 5, 0, 1, 4, 5, 2, 3, 6, 7, 2, 3, 6, 7, 2, 3, 6, 7, 2,
@@ -361,7 +362,7 @@ void gemm_f_small(const GemmArgs& g) {
         for (int64_t i = 0; i < nbl; ++i) {
             DecF D;
             decode_f(w + i * kR4Bytes, D);
-            f_cols<NC>(D, g.A + 296 * i, g.a_row_bytes, acc);
+            f_cols<NC>(D, g.A + act::kQ8KBytes * i, g.a_row_bytes, acc);
         }
         for (int n = 0; n < NC; ++n) store_r4(g.C + n * g.ldc + grp * 4, acc[n]);
     }
@@ -377,7 +378,7 @@ void gemm_f_many(const GemmArgs& g, int64_t n0, int nc) {
         for (int64_t i = 0; i < nbl; ++i) {
             DecF D;
             decode_f(w + i * kR4Bytes, D);
-            const uint8_t* as = A + 296 * i;
+            const uint8_t* as = A + act::kQ8KBytes * i;
             int n = 0;
             for (; n + 4 <= nc; n += 4) f_cols<4>(D, as + n * g.a_row_bytes, g.a_row_bytes, acc + n);
             switch (nc - n) {
@@ -451,8 +452,8 @@ struct ActF8 {
 
 inline void prepare_act_f8(const uint8_t* as, ActF8& P) {
     for (int k = 0; k < 4; ++k)
-        _mm512_store_si512(&P.qa[2 * k][0], _mm512_permutexvar_epi32(ld64(kF8.act), ld64(as + 8 + 64 * k)));
-    const __m512i bs = _mm512_cvtepi16_epi32(ld32(as + 264));
+        _mm512_store_si512(&P.qa[2 * k][0], _mm512_permutexvar_epi32(ld64(kF8.act), ld64(as + act::kQ8KQs + 64 * k)));
+    const __m512i bs = _mm512_cvtepi16_epi32(ld32(as + act::kQ8KBsums));
     _mm512_store_si512(P.off, _mm512_mullo_epi32(bs, _mm512_set1_epi32(-64)));
     P.dA = rd_f32(as);
 }
@@ -554,7 +555,7 @@ void gemm_f8(const GemmArgs& g) {
     for (int64_t n0 = 0; n0 < g.ncols; n0 += chunk) {
         const int nc = (int)(g.ncols - n0 < chunk ? g.ncols - n0 : chunk);
         for (int n = 0; n < nc; ++n)
-            for (int64_t i = 0; i < nbl; ++i) prepare_act_f8(g.A + (n0 + n) * g.a_row_bytes + 296 * i, buf[n * nbl + i]);
+            for (int64_t i = 0; i < nbl; ++i) prepare_act_f8(g.A + (n0 + n) * g.a_row_bytes + act::kQ8KBytes * i, buf[n * nbl + i]);
         for (int64_t pr = 0; pr < npairs; ++pr) {
             const uint8_t* w0 = g.W + 2 * pr * g.w_group_bytes;
             const uint8_t* w1 = w0 + g.w_group_bytes;

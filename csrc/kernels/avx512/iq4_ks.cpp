@@ -14,6 +14,7 @@
 //
 // No STL containers or shared inline functions here (see common.h).
 #include "common.h"
+#include "formats/act.h"
 #include "formats/iq4_ks.h"
 #include "kernels/avx2/simd.h"
 #include "kernels/avx512/simd.h"
@@ -34,7 +35,7 @@ namespace {
 using namespace iq4_ks;
 using avx2::hsum8;
 
-constexpr int kActBytes = 296;  // q8_K / q8_K32 super-block (FORMATS.md §4.1)
+constexpr int kActBytes = act::kQ8KBytes;  // one q8_K / q8_K32 record
 
 inline __m512i ld64(const void* p) { return _mm512_loadu_si512(p); }
 
@@ -83,7 +84,8 @@ struct ActE {
 };
 
 inline void prepare_e(const uint8_t* as, ActE& P) {
-    const __m512i z0 = ld64(as + 8), z1 = ld64(as + 72), z2 = ld64(as + 136), z3 = ld64(as + 200);
+    const __m512i z0 = ld64(as + act::kQ8KQs), z1 = ld64(as + act::kQ8KQs + 64), z2 = ld64(as + act::kQ8KQs + 128),
+                  z3 = ld64(as + act::kQ8KQs + 192);
     // z0 chunks: block 0 elements 0-15, 16-31, block 1 elements 0-15, 16-31; and so on.
     const __m512i c[4] = {_mm512_shuffle_i64x2(z0, z1, 0x88), _mm512_shuffle_i64x2(z0, z1, 0xdd),
                           _mm512_shuffle_i64x2(z2, z3, 0x88), _mm512_shuffle_i64x2(z2, z3, 0xdd)};
@@ -289,7 +291,7 @@ alignas(64) constexpr PatternsG kG = make_patterns_g();
 
 inline void prepare_g(const uint8_t* as, ActG& P) {
     for (int k = 0; k < 4; ++k) {
-        const __m512i x = ld64(as + 8 + 64 * k);  // blocks 2k, 2k + 1
+        const __m512i x = ld64(as + act::kQ8KQs + 64 * k);  // blocks 2k, 2k + 1
         _mm512_store_si512(&P.qa[2 * k][0], _mm512_permutexvar_epi32(ld64(kG.act), x));
         // sums of the four 16-byte halves: SAD of the quants + 128 against zero, per 8 bytes
         __m512i s = _mm512_sad_epu8(_mm512_xor_si512(x, _mm512_set1_epi8((char)0x80)), _mm512_setzero_si512());
@@ -298,8 +300,8 @@ inline void prepare_g(const uint8_t* as, ActG& P) {
         // -128 * (sum - 16 * 128)
         _mm_store_si128(reinterpret_cast<__m128i*>(&P.off[2 * k]), _mm_slli_epi32(_mm_sub_epi32(_mm_set1_epi32(2048), h), 7));
     }
-    const __m128 b03 = _mm_loadu_ps(reinterpret_cast<const float*>(as + 264));
-    const __m128 b47 = _mm_loadu_ps(reinterpret_cast<const float*>(as + 280));
+    const __m128 b03 = _mm_loadu_ps(reinterpret_cast<const float*>(as + act::kQ8KBsums));
+    const __m128 b47 = _mm_loadu_ps(reinterpret_cast<const float*>(as + act::kQ8KBsums + 16));
     _mm_store_ps(reinterpret_cast<float*>(&P.bsp[0]), _mm_unpacklo_ps(b03, b47));
     _mm_store_ps(reinterpret_cast<float*>(&P.bsp[2]), _mm_unpackhi_ps(b03, b47));
     P.dA = rd_f32(as);

@@ -9,6 +9,7 @@
 // integer dot products are therefore exactly those of the AVX2 kernels, and the float
 // operations are the same in the same order: results are bit-identical.
 #include "common.h"
+#include "formats/act.h"
 #include "formats/q8_0.h"
 #include "formats/q8_k_r8.h"
 #include "kernels/avx2/simd.h"
@@ -34,7 +35,7 @@ inline __m256i bcast32(const uint8_t* p) {
 // dependent VPDPBUSD chains are short enough to keep both multiply pipes busy (AVX512-VL
 // gives 32 YMM registers).
 inline int32_t sum_bsums(const uint8_t* ab) {
-    const __m256i bs = _mm256_madd_epi16(load32(ab + 264), _mm256_set1_epi16(1));
+    const __m256i bs = _mm256_madd_epi16(load32(ab + act::kQ8KBsums), _mm256_set1_epi16(1));
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
     s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
@@ -62,7 +63,7 @@ void q8_k_r8_cols(const GemmArgs& g, int64_t n0) {
                 const __m256i w2 = _mm256_xor_si256(load32(blk + 80 + 32 * m), flip);
                 const __m256i w3 = _mm256_xor_si256(load32(blk + 112 + 32 * m), flip);
                 for (int n = 0; n < NC; ++n) {
-                    const uint8_t* aq = acts[n] + i * 296 + 8 + 4 * m;
+                    const uint8_t* aq = acts[n] + i * act::kQ8KBytes + act::kQ8KQs + 4 * m;
                     s0[n] = _mm256_dpbusd_epi32(s0[n], w0, bcast32(aq));
                     s1[n] = _mm256_dpbusd_epi32(s1[n], w1, bcast32(aq + 4));
                     s0[n] = _mm256_dpbusd_epi32(s0[n], w2, bcast32(aq + 8));
@@ -71,7 +72,7 @@ void q8_k_r8_cols(const GemmArgs& g, int64_t n0) {
             }
             const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk)));
             for (int n = 0; n < NC; ++n) {
-                const uint8_t* ab = acts[n] + i * 296;
+                const uint8_t* ab = acts[n] + i * act::kQ8KBytes;
                 const __m256i P = _mm256_sub_epi32(_mm256_add_epi32(s0[n], s1[n]), _mm256_set1_epi32(128 * sum_bsums(ab)));
                 const __m256 c = _mm256_mul_ps(dw, _mm256_set1_ps(rd_f32(ab)));
                 acc[n] = _mm256_fmadd_ps(c, _mm256_cvtepi32_ps(P), acc[n]);
@@ -109,7 +110,7 @@ void q8_k_r8_pairs(const GemmArgs& g, int64_t n0) {
                     wv[l] = _mm512_xor_si512(v, flip);
                 }
                 for (int n = 0; n < NC; ++n) {
-                    const uint8_t* aq = acts[n] + i * 296 + 8 + 4 * m;
+                    const uint8_t* aq = acts[n] + i * act::kQ8KBytes + act::kQ8KQs + 4 * m;
                     int32_t a0, a1, a2, a3;
                     std::memcpy(&a0, aq, 4);
                     std::memcpy(&a1, aq + 4, 4);
@@ -126,7 +127,7 @@ void q8_k_r8_pairs(const GemmArgs& g, int64_t n0) {
                 _mm_loadu_si128(reinterpret_cast<const __m128i*>(bb)), 1);
             const __m512 dw = _mm512_cvtph_ps(dh);
             for (int n = 0; n < NC; ++n) {
-                const uint8_t* ab = acts[n] + i * 296;
+                const uint8_t* ab = acts[n] + i * act::kQ8KBytes;
                 const __m512i P = _mm512_sub_epi32(_mm512_add_epi32(s0[n], s1[n]), _mm512_set1_epi32(128 * sum_bsums(ab)));
                 const __m512 c = _mm512_mul_ps(dw, _mm512_set1_ps(rd_f32(ab)));
                 acc[n] = _mm512_fmadd_ps(c, _mm512_cvtepi32_ps(P), acc[n]);
@@ -163,8 +164,7 @@ struct ActOffsets {
     int64_t scale, sum, quants;
 };
 inline ActOffsets q8_2_offsets(int64_t b, int64_t nb4) {
-    if (b < nb4) return {144 * (b / 4) + 2 * (b % 4), 144 * (b / 4) + 8 + 2 * (b % 4), 144 * (b / 4) + 16 + 32 * (b % 4)};
-    return {36 * b, 36 * b + 2, 36 * b + 4};
+    return {act::q82_d_offset(b, nb4), act::q82_s_offset(b, nb4), act::q82_qs_offset(b, nb4)};
 }
 
 template <int NC>
