@@ -99,7 +99,10 @@ bool isa_supported(IsaIndex isa) { return isa >= 0 && isa < ISA_COUNT && registr
 void set_active_isa(IsaIndex isa) { registry().active.store(isa, std::memory_order_release); }
 bool type_available(int type) {
     const TypeKernels& k = registry().tables[ISA_SCALAR].types[type];
-    return k.quantize && k.dequantize && k.gemm;
+    const int base = kTypes[type].base;
+    // An interleaved type may leave quantization to "quantize the base type, then interleave".
+    const bool quantizes = k.quantize || (base >= 0 && registry().tables[ISA_SCALAR].types[base].quantize && k.to_interleaved);
+    return quantizes && k.dequantize && k.gemm;
 }
 const char* isa_name(IsaIndex isa) { return isa == ISA_AVX512 ? "avx512" : isa == ISA_AVX2 ? "avx2" : "scalar"; }
 

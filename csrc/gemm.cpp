@@ -110,8 +110,13 @@ void fill_nan(float* y, int64_t n) { std::fill(y, y + n, std::numeric_limits<flo
 }  // namespace
 
 int64_t quantize(int type, const float* src, uint8_t* dst, int64_t rows, int64_t K, const float* imatrix, int nthreads) {
+    const KernelTables& kt = active();
     const TypeTraits& t = kTypes[type];
-    const QuantizeFn fn = active().types[type].quantize;
+    QuantizeFn fn = kt.types[type].quantize;
+    // An interleaved type without a quantizer of its own: quantize the base type, then
+    // interleave (ik_llama.cpp's quantize_*_r4 / _r8 do exactly this for most types).
+    const QuantizeFn base_fn = fn || t.base < 0 ? nullptr : kt.types[t.base].quantize;
+    const RepackFn ilv_fn = kt.types[type].to_interleaved;
     const size_t rb = row_bytes(t, K);
     const int64_t rpt = rows_per_task(rows, K * 4, t.interleave);
     const int64_t ntasks = ceil_div(rows, rpt);
@@ -126,7 +131,15 @@ int64_t quantize(int type, const float* src, uint8_t* dst, int64_t rows, int64_t
                 return;
             }
         }
-        fn(src + r0 * K, dst + r0 * rb, nr, K, imatrix);
+        if (fn) {
+            fn(src + r0 * K, dst + r0 * rb, nr, K, imatrix);
+        } else {
+            std::vector<uint8_t> tmp((size_t)t.interleave * rb);
+            for (int64_t g = r0; g < r0 + nr; g += t.interleave) {
+                base_fn(src + g * K, tmp.data(), t.interleave, K, imatrix);
+                ilv_fn(tmp.data(), dst + g * rb, t.interleave, K);
+            }
+        }
     });
     const int64_t bad = first_bad.load();
     return bad == INT64_MAX ? -1 : bad;

@@ -7,6 +7,8 @@
 #include <cstdlib>
 #include <new>
 
+#include <vector>
+
 #include "common.h"
 #include "formats/act.h"
 #include "formats/iq4_ks.h"
@@ -281,12 +283,11 @@ void quantize_row(const float* x, uint8_t* out, int64_t K, const float* imatrix,
 
 void quantize_rows(const float* src, uint8_t* dst, int64_t nrows, int64_t K, const float* imatrix) {
     const int64_t rb = row_bytes(K);
-    float* scratch = static_cast<float*>(std::malloc(sizeof(float) * (size_t)(K / kBlock + K / kSuper)));
-    if (!scratch) throw std::bad_alloc();
+    std::vector<float> buf((size_t)(K / kBlock + K / kSuper));
+    float* scratch = buf.data();
     const Search sb = make_search(0), ss = make_search(1);
     for (int64_t r = 0; r < nrows; ++r)
         quantize_row(src + r * K, dst + r * rb, K, imatrix, scratch, scratch + K / kBlock, sb, ss);
-    std::free(scratch);
 }
 
 void quantize_iq4_ks(const float* src, uint8_t* dst, int64_t nrows, int64_t K, const float* imatrix) {
@@ -373,13 +374,12 @@ void repack_from_r4(const uint8_t* src, uint8_t* dst, int64_t nrows, int64_t K) 
 
 void quantize_iq4_ks_r4(const float* src, uint8_t* dst, int64_t nrows, int64_t K, const float* imatrix) {
     const int64_t rb = row_bytes(K);
-    uint8_t* tmp = static_cast<uint8_t*>(std::malloc((size_t)(4 * rb)));
-    if (!tmp) throw std::bad_alloc();
+    std::vector<uint8_t> buf((size_t)(4 * rb));
+    uint8_t* tmp = buf.data();
     for (int64_t g = 0; g < nrows / 4; ++g) {
         quantize_rows(src + 4 * g * K, tmp, 4, K, imatrix);
         repack_group_to_r4(tmp, rb, dst + 4 * g * rb, K);
     }
-    std::free(tmp);
 }
 
 // ================================================================================ dequantization
@@ -478,8 +478,9 @@ __attribute__((noinline)) void gemm_iq4_ks_cols(const GemmArgs& g, int64_t n0) {
 // them. Its int32 lane 4h + L then holds elements 4L..4L+3 (+16 for high nibbles) of block
 // 2p + h, and the two halves are added at the end of the super-block: the same exact
 // integers S_L as gemm_iq4_ks_cols, hence the same floats.
-void pair_activations(const uint8_t* act, int64_t nsuper, uint8_t* out) {
-    for (int64_t i = 0; i < nsuper; ++i) {
+// It is the prepare_act hook of this kernel set's iq4_ks: the driver runs it once per call.
+void pair_activations(const uint8_t* act, uint8_t* out, int64_t K) {
+    for (int64_t i = 0; i < K / kSuper; ++i) {
         const uint8_t* q = act + i * kActBytes + act::kQ8KQs;
         uint8_t* o = out + i * kSuper;
         for (int p = 0; p < 4; ++p) {
@@ -491,7 +492,7 @@ void pair_activations(const uint8_t* act, int64_t nsuper, uint8_t* out) {
 }
 
 template <int NC>
-__attribute__((noinline)) void gemm_iq4_ks_paired(const GemmArgs& g, int64_t n0, const uint8_t* paired) {
+__attribute__((noinline)) void gemm_iq4_ks_paired(const GemmArgs& g) {
     const int64_t nsuper = g.K / kSuper;
     // table pair k: low lane = table of block 2p (k & 1), high lane = block 2p+1 (k >> 1)
     const __m128i t0 = _mm_load_si128(reinterpret_cast<const __m128i*>(kValues));
@@ -509,8 +510,8 @@ __attribute__((noinline)) void gemm_iq4_ks_paired(const GemmArgs& g, int64_t n0,
     const uint8_t* acts[NC];
     const uint8_t* pq[NC];
     for (int n = 0; n < NC; ++n) {
-        acts[n] = g.A + (n0 + n) * g.a_row_bytes;
-        pq[n] = paired + (n0 + n) * g.K;
+        acts[n] = g.A + n * g.a_row_bytes;
+        pq[n] = g.P + n * g.p_row_bytes;
     }
     for (int64_t r = 0; r < g.nrows; ++r) {
         const uint8_t* w = g.W + r * g.w_group_bytes;
@@ -543,7 +544,7 @@ __attribute__((noinline)) void gemm_iq4_ks_paired(const GemmArgs& g, int64_t n0,
                 acc[n] = _mm256_fmadd_ps(c, _mm256_cvtepi32_ps(S), acc[n]);
             }
         }
-        for (int n = 0; n < NC; ++n) g.C[(n0 + n) * g.ldc + r] = hsum8(acc[n]);
+        for (int n = 0; n < NC; ++n) g.C[n * g.ldc + r] = hsum8(acc[n]);
     }
 }
 
@@ -555,49 +556,28 @@ inline int column_block(int64_t left) {
     return (int)left;
 }
 
-// Wide batches: split the rows into tiles of ~32 KiB of weights and run all column blocks
-// on one tile before the next, so the weights are re-read from L1/L2, not from L3/DRAM.
-template <typename Fn>
-inline void for_row_tiles(const GemmArgs& g, int interleave, Fn&& fn) {
-    const int64_t groups = g.nrows / interleave;
-    int64_t tile = (32 * 1024) / (int64_t)g.w_group_bytes;
-    if (tile < 1) tile = 1;
-    if (g.ncols <= 4) tile = groups;
-    for (int64_t g0 = 0; g0 < groups; g0 += tile) {
-        GemmArgs s = g;
-        s.W = g.W + g0 * g.w_group_bytes;
-        s.nrows = (g0 + tile <= groups ? tile : groups - g0) * interleave;
-        s.C = g.C + g0 * interleave;
-        fn(s);
-    }
-}
+size_t paired_bytes(int64_t K) { return (size_t)K; }
+
+// Wide batches run on row tiles of ~32 KiB of weights (the driver's tile_bytes hint), so all
+// column blocks re-read a tile from L1/L2, not from L3/DRAM.
+constexpr int kTileBytes = 32 * 1024;
 
 void gemm_iq4_ks(const GemmArgs& g) {
-    if (g.ncols <= 4) {
-        const int64_t nsuper = g.K / kSuper;
-        uint8_t* paired = static_cast<uint8_t*>(std::malloc((size_t)(g.ncols * g.K)));
-        if (!paired) throw std::bad_alloc();
-        for (int64_t n = 0; n < g.ncols; ++n) pair_activations(g.A + n * g.a_row_bytes, nsuper, paired + n * g.K);
-        switch (g.ncols) {
-            case 4: gemm_iq4_ks_paired<4>(g, 0, paired); break;
-            case 3: gemm_iq4_ks_paired<3>(g, 0, paired); break;
-            case 2: gemm_iq4_ks_paired<2>(g, 0, paired); break;
-            case 1: gemm_iq4_ks_paired<1>(g, 0, paired); break;
-            default: break;
-        }
-        std::free(paired);
-        return;
+    switch (g.ncols) {
+        case 4: gemm_iq4_ks_paired<4>(g); return;
+        case 3: gemm_iq4_ks_paired<3>(g); return;
+        case 2: gemm_iq4_ks_paired<2>(g); return;
+        case 1: gemm_iq4_ks_paired<1>(g); return;
+        default: break;
     }
-    for_row_tiles(g, 1, [](const GemmArgs& t) {
-        for (int64_t n = 0; n < t.ncols;) {
-            switch (column_block(t.ncols - n)) {
-                case 4: gemm_iq4_ks_cols<4>(t, n); n += 4; break;
-                case 3: gemm_iq4_ks_cols<3>(t, n); n += 3; break;
-                case 2: gemm_iq4_ks_cols<2>(t, n); n += 2; break;
-                default: gemm_iq4_ks_cols<1>(t, n); n += 1; break;
-            }
+    for (int64_t n = 0; n < g.ncols;) {
+        switch (column_block(g.ncols - n)) {
+            case 4: gemm_iq4_ks_cols<4>(g, n); n += 4; break;
+            case 3: gemm_iq4_ks_cols<3>(g, n); n += 3; break;
+            case 2: gemm_iq4_ks_cols<2>(g, n); n += 2; break;
+            default: gemm_iq4_ks_cols<1>(g, n); n += 1; break;
         }
-    });
+    }
 }
 
 // Kernel (G) for NC columns. Lane l <-> row l%4, elements 16h..16h+15 (h = l/4) of each block.
@@ -685,16 +665,14 @@ __attribute__((noinline)) void gemm_iq4_ks_r4_cols(const GemmArgs& g, int64_t n0
 }
 
 void gemm_iq4_ks_r4(const GemmArgs& g) {
-    for_row_tiles(g, 4, [](const GemmArgs& t) {
-        for (int64_t n = 0; n < t.ncols;) {
-            switch (column_block(t.ncols - n)) {
-                case 4: gemm_iq4_ks_r4_cols<4>(t, n); n += 4; break;
-                case 3: gemm_iq4_ks_r4_cols<3>(t, n); n += 3; break;
-                case 2: gemm_iq4_ks_r4_cols<2>(t, n); n += 2; break;
-                default: gemm_iq4_ks_r4_cols<1>(t, n); n += 1; break;
-            }
+    for (int64_t n = 0; n < g.ncols;) {
+        switch (column_block(g.ncols - n)) {
+            case 4: gemm_iq4_ks_r4_cols<4>(g, n); n += 4; break;
+            case 3: gemm_iq4_ks_r4_cols<3>(g, n); n += 3; break;
+            case 2: gemm_iq4_ks_r4_cols<2>(g, n); n += 2; break;
+            default: gemm_iq4_ks_r4_cols<1>(g, n); n += 1; break;
         }
-    });
+    }
 }
 
 // ================================================================================ large batch
@@ -772,11 +750,15 @@ void register_avx2_iq4_ks(KernelTables& t) {
     a.quantize = quantize_iq4_ks;
     a.dequantize = dequantize_iq4_ks;
     a.gemm = gemm_iq4_ks;
+    a.prepare_act = pair_activations;
+    a.prepared_bytes = paired_bytes;
+    a.tile_bytes = kTileBytes;
     a.to_large_batch = convert_to_q8_k_r8;
     TypeKernels& b = t.types[T_IQ4_KS_R4];
     b.quantize = quantize_iq4_ks_r4;
     b.dequantize = dequantize_iq4_ks_r4;
     b.gemm = gemm_iq4_ks_r4;
+    b.tile_bytes = kTileBytes;
     b.to_interleaved = repack_to_r4;
     b.from_interleaved = repack_from_r4;
 }

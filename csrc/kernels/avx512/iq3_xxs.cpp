@@ -533,60 +533,58 @@ inline void store_r4_pair(float* C, __m512 acc) {
 
 void gemm_f_one_group(const GemmArgs& g);
 
-// Pairs of row groups; the activations of up to `chunk` columns are rearranged per tile.
+// Activation rows rearranged once per call by the driver (prepare_act hook): column n's
+// super-blocks at P + n * p_row_bytes.
+static_assert(sizeof(ActF8) % 64 == 0, "ActF8 rows stay 64-byte aligned");
+void prepare_row_f8(const uint8_t* act, uint8_t* out, int64_t K) {
+    ActF8* P = reinterpret_cast<ActF8*>(out);
+    for (int64_t i = 0; i < K / kQK; ++i) prepare_act_f8(act + act::kQ8KBytes * i, P[i]);
+}
+size_t prepared_bytes_f8(int64_t K) { return (size_t)(K / kQK) * sizeof(ActF8); }
+
+// Columns per call (the driver's max_cols hint): the prepared activations of a call stay
+// within ~128 KiB (L2), at least 8 and at most kMaxCols columns.
+int64_t max_cols_f8(int64_t K) {
+    const int64_t c = (128 * 1024) / ((K / kQK) * (int64_t)sizeof(ActF8));
+    return c < 8 ? 8 : (c > kMaxCols ? kMaxCols : c);
+}
+
+// Pairs of row groups, all columns of the call in one pass.
 void gemm_f8(const GemmArgs& g) {
     const int64_t nbl = g.K / kQK;
     const int64_t npairs = g.nrows / 8;
-    int64_t chunk = (128 * 1024) / (nbl * (int64_t)sizeof(ActF8));
-    chunk = chunk < 8 ? 8 : (chunk > kMaxCols ? kMaxCols : chunk);
-    const int64_t cols = g.ncols < chunk ? g.ncols : chunk;
-    void* raw = std::malloc((size_t)(cols * nbl) * sizeof(ActF8) + 64);
-    if (!raw) {  // no memory for the rearranged activations: one group at a time
-        for (int64_t grp = 0; grp < 2 * npairs; ++grp) {
-            GemmArgs one = g;
-            one.W = g.W + grp * g.w_group_bytes;
-            one.nrows = 4;
-            one.C = g.C + 4 * grp;
-            gemm_f_one_group(one);
-        }
-        return;
-    }
-    ActF8* buf = reinterpret_cast<ActF8*>(((uintptr_t)raw + 63) & ~(uintptr_t)63);
-    for (int64_t n0 = 0; n0 < g.ncols; n0 += chunk) {
-        const int nc = (int)(g.ncols - n0 < chunk ? g.ncols - n0 : chunk);
-        for (int n = 0; n < nc; ++n)
-            for (int64_t i = 0; i < nbl; ++i) prepare_act_f8(g.A + (n0 + n) * g.a_row_bytes + act::kQ8KBytes * i, buf[n * nbl + i]);
-        for (int64_t pr = 0; pr < npairs; ++pr) {
-            const uint8_t* w0 = g.W + 2 * pr * g.w_group_bytes;
-            const uint8_t* w1 = w0 + g.w_group_bytes;
-            __m512 acc[kMaxCols];
-            for (int n = 0; n < nc; ++n) acc[n] = _mm512_setzero_ps();
-            for (int64_t i = 0; i < nbl; ++i) {
-                // The hardware prefetchers follow each group's stream but not the jump to the
-                // next pair (its second group was never touched): fetch the next pair's
-                // super-block i now, a whole pair of super-block rows ahead.
-                // (Integer addresses: past the last pair they point beyond W; prefetches never fault.)
-                const uintptr_t next = (uintptr_t)w0 + 2 * g.w_group_bytes + (uintptr_t)(i * kR4Bytes);
-                for (int k = 0; k < kR4Bytes; k += 64) {
-                    _mm_prefetch(reinterpret_cast<const char*>(next + k), _MM_HINT_T0);
-                    _mm_prefetch(reinterpret_cast<const char*>(next + g.w_group_bytes + k), _MM_HINT_T0);
-                }
-                DecF8 D;
-                decode_f8(w0 + i * kR4Bytes, w1 + i * kR4Bytes, D);
-                const ActF8* P = buf + i;
-                int n = 0;
-                for (; n + 4 <= nc; n += 4) f8_cols<4>(D, P + n * nbl, (size_t)nbl, acc + n);
-                switch (nc - n) {
-                    case 3: f8_cols<3>(D, P + n * nbl, (size_t)nbl, acc + n); break;
-                    case 2: f8_cols<2>(D, P + n * nbl, (size_t)nbl, acc + n); break;
-                    case 1: f8_cols<1>(D, P + n * nbl, (size_t)nbl, acc + n); break;
-                    default: break;
-                }
+    const int nc = (int)g.ncols;
+    const ActF8* buf = reinterpret_cast<const ActF8*>(g.P);
+    const size_t pstride = g.p_row_bytes / sizeof(ActF8);
+    for (int64_t pr = 0; pr < npairs; ++pr) {
+        const uint8_t* w0 = g.W + 2 * pr * g.w_group_bytes;
+        const uint8_t* w1 = w0 + g.w_group_bytes;
+        __m512 acc[kMaxCols];
+        for (int n = 0; n < nc; ++n) acc[n] = _mm512_setzero_ps();
+        for (int64_t i = 0; i < nbl; ++i) {
+            // The hardware prefetchers follow each group's stream but not the jump to the
+            // next pair (its second group was never touched): fetch the next pair's
+            // super-block i now, a whole pair of super-block rows ahead.
+            // (Integer addresses: past the last pair they point beyond W; prefetches never fault.)
+            const uintptr_t next = (uintptr_t)w0 + 2 * g.w_group_bytes + (uintptr_t)(i * kR4Bytes);
+            for (int k = 0; k < kR4Bytes; k += 64) {
+                _mm_prefetch(reinterpret_cast<const char*>(next + k), _MM_HINT_T0);
+                _mm_prefetch(reinterpret_cast<const char*>(next + g.w_group_bytes + k), _MM_HINT_T0);
             }
-            for (int n = 0; n < nc; ++n) store_r4_pair(g.C + (n0 + n) * g.ldc + 8 * pr, acc[n]);
+            DecF8 D;
+            decode_f8(w0 + i * kR4Bytes, w1 + i * kR4Bytes, D);
+            const ActF8* P = buf + i;
+            int n = 0;
+            for (; n + 4 <= nc; n += 4) f8_cols<4>(D, P + n * pstride, pstride, acc + n);
+            switch (nc - n) {
+                case 3: f8_cols<3>(D, P + n * pstride, pstride, acc + n); break;
+                case 2: f8_cols<2>(D, P + n * pstride, pstride, acc + n); break;
+                case 1: f8_cols<1>(D, P + n * pstride, pstride, acc + n); break;
+                default: break;
+            }
         }
+        for (int n = 0; n < nc; ++n) store_r4_pair(g.C + n * g.ldc + 8 * pr, acc[n]);
     }
-    std::free(raw);
 }
 
 void gemm_iq3_xxs_r4(const GemmArgs& g) {
@@ -757,7 +755,12 @@ void register_avx512_iq3_xxs(KernelTables& t) {
     }
     for (int i = 0; i < 128; ++i) gSigns[i] = kSigns[i];
     t.types[T_IQ3_XXS].gemm = gemm_iq3_xxs;
-    t.types[T_IQ3_XXS_R4].gemm = gemm_iq3_xxs_r4;
+    TypeKernels& r4 = t.types[T_IQ3_XXS_R4];
+    r4.gemm = gemm_iq3_xxs_r4;
+    r4.prepare_act = prepare_row_f8;
+    r4.prepared_bytes = prepared_bytes_f8;
+    r4.max_cols = max_cols_f8;
+    r4.tile_bytes = 0;
     t.types[T_IQ3_XXS].to_large_batch = convert_to_q8_k_r8;
 }
 

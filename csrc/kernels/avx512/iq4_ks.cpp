@@ -49,20 +49,6 @@ constexpr Tables make_tables() {
 }
 alignas(64) constexpr Tables kT = make_tables();
 
-// Buffer of per-call activation data, 64-byte aligned.
-struct Buffer {
-    void* raw = nullptr;
-    uint8_t* p = nullptr;
-    explicit Buffer(size_t bytes) {
-        raw = std::malloc(bytes + 64);
-        if (!raw) throw std::bad_alloc();
-        p = reinterpret_cast<uint8_t*>(((uintptr_t)raw + 63) & ~(uintptr_t)63);
-    }
-    ~Buffer() { std::free(raw); }
-    Buffer(const Buffer&) = delete;
-    Buffer& operator=(const Buffer&) = delete;
-};
-
 // ------------------------------------------------------------------------------------------
 // Kernel (E): iq4_ks x q8_K.
 //
@@ -166,10 +152,10 @@ inline __m512i pair_sums_e(const RowE& R0, const RowE& R1, const ActE& P) {
     return _mm512_add_epi32(_mm512_shuffle_i64x2(u0, u1, 0x88), _mm512_shuffle_i64x2(u0, u1, 0xdd));
 }
 
-// NC columns (prepared activations P[i * NC + n]) times the rows w0, w1: lanes 0-7 row w0,
-// 8-15 row w1.
+// NC columns (prepared activations: super-block i of column n at P[n][i]) times the rows w0,
+// w1: lanes 0-7 row w0, 8-15 row w1.
 template <int NC>
-inline void e_pair(const GemmArgs& g, const ActE* P, const uint8_t* A, int64_t nsuper, const uint8_t* w0,
+inline void e_pair(const GemmArgs& g, const ActE* const* P, const uint8_t* A, int64_t nsuper, const uint8_t* w0,
                    const uint8_t* w1, __m512 acc[NC]) {
     const __m512i tab = ld64(kT.base_u);
     const __m512 Dv = _mm512_insertf32x8(_mm512_set1_ps(rd_f32(w0)), _mm256_set1_ps(rd_f32(w1)), 1);
@@ -185,7 +171,7 @@ inline void e_pair(const GemmArgs& g, const ActE* P, const uint8_t* A, int64_t n
         decode_e(w1 + kRowMeta + i * kSuperBytes, tab, R1);
         for (int n = 0; n < NC; ++n) {
             const __m512 dA = _mm512_set1_ps(rd_f32(A + n * g.a_row_bytes + i * kActBytes));
-            const __m512i S = pair_sums_e(R0, R1, P[i * NC + n]);
+            const __m512i S = pair_sums_e(R0, R1, P[n][i]);
             acc[n] = _mm512_fmadd_ps(_mm512_mul_ps(Dv, dA), _mm512_cvtepi32_ps(S), acc[n]);
         }
     }
@@ -196,10 +182,12 @@ inline void e_pair(const GemmArgs& g, const ActE* P, const uint8_t* A, int64_t n
 // in address order while it runs (measured on Zen 4: a pure 2-row read loop gets ~12 GB/s
 // without and ~24 GB/s with this, like one sequential stream).
 template <int NC>
-void e_cols(const GemmArgs& g, const ActE* P, int64_t n0) {
+void e_cols(const GemmArgs& g) {
     const int64_t nsuper = g.K / kSuper;
-    const uint8_t* A = g.A + n0 * g.a_row_bytes;
-    float* C = g.C + n0 * g.ldc;
+    const uint8_t* A = g.A;
+    float* C = g.C;
+    const ActE* P[NC];
+    for (int n = 0; n < NC; ++n) P[n] = reinterpret_cast<const ActE*>(g.P + n * g.p_row_bytes);
     for (int64_t r = 0; r < g.nrows; r += 2) {
         const int64_t r1 = r + 1 < g.nrows ? r + 1 : r;  // a lone last row is computed twice
         __m512 acc[NC];
@@ -211,34 +199,32 @@ void e_cols(const GemmArgs& g, const ActE* P, int64_t n0) {
     }
 }
 
-// Columns per pass: at most 8, and for very long rows few enough that their prepared
-// activations (read once per row pair) stay within ~256 KiB, in L2.
-inline int64_t cols_per_pass(int64_t ncols, int64_t nsuper, size_t act_bytes) {
-    int64_t c = (int64_t)((256 * 1024) / ((size_t)nsuper * act_bytes));
-    c = c < 1 ? 1 : (c > 8 ? 8 : c);
-    return ncols < c ? ncols : c;
+// Columns per call (the driver's max_cols hint): at most 8, and for very long rows few enough
+// that their prepared activations (read once per row pair) stay within ~256 KiB, in L2.
+template <typename Act>
+int64_t cols_per_pass(int64_t K) {
+    const int64_t c = (int64_t)((256 * 1024) / ((size_t)(K / kSuper) * sizeof(Act)));
+    return c < 1 ? 1 : (c > 8 ? 8 : c);
 }
 
+// The driver prepares every activation row once per call (prepare_act hook) and hands the
+// kernel at most cols_per_pass columns at a time.
+void prepare_row_e(const uint8_t* act, uint8_t* out, int64_t K) {
+    ActE* P = reinterpret_cast<ActE*>(out);
+    for (int64_t i = 0; i < K / kSuper; ++i) prepare_e(act + i * kActBytes, P[i]);
+}
+size_t prepared_bytes_e(int64_t K) { return (size_t)(K / kSuper) * sizeof(ActE); }
+
 void gemm_iq4_ks(const GemmArgs& g) {
-    const int64_t nsuper = g.K / kSuper;
-    const int64_t chunk = cols_per_pass(g.ncols, nsuper, sizeof(ActE));
-    Buffer buf((size_t)(chunk * nsuper) * sizeof(ActE));
-    ActE* P = reinterpret_cast<ActE*>(buf.p);
-    for (int64_t n0 = 0; n0 < g.ncols; n0 += chunk) {
-        const int nc = (int)(g.ncols - n0 < chunk ? g.ncols - n0 : chunk);
-        for (int n = 0; n < nc; ++n)
-            for (int64_t i = 0; i < nsuper; ++i)
-                prepare_e(g.A + (n0 + n) * g.a_row_bytes + i * kActBytes, P[i * nc + n]);
-        switch (nc) {
-            case 1: e_cols<1>(g, P, n0); break;
-            case 2: e_cols<2>(g, P, n0); break;
-            case 3: e_cols<3>(g, P, n0); break;
-            case 4: e_cols<4>(g, P, n0); break;
-            case 5: e_cols<5>(g, P, n0); break;
-            case 6: e_cols<6>(g, P, n0); break;
-            case 7: e_cols<7>(g, P, n0); break;
-            default: e_cols<8>(g, P, n0); break;
-        }
+    switch (g.ncols) {
+        case 1: e_cols<1>(g); break;
+        case 2: e_cols<2>(g); break;
+        case 3: e_cols<3>(g); break;
+        case 4: e_cols<4>(g); break;
+        case 5: e_cols<5>(g); break;
+        case 6: e_cols<6>(g); break;
+        case 7: e_cols<7>(g); break;
+        default: e_cols<8>(g); break;
     }
 }
 
@@ -356,7 +342,7 @@ inline void g_block(const uint8_t* q0, const uint8_t* q1, __m512i tab, __m512i s
 // NC columns times the row groups at w0 and w1: column n's 4 outputs of w0 go to out0[n], those
 // of w1 to out1[n].
 template <int NC>
-inline void g_pair(const ActG* P, int64_t nsuper, const uint8_t* w0, const uint8_t* w1, size_t group_bytes,
+inline void g_pair(const ActG* const* P, int64_t nsuper, const uint8_t* w0, const uint8_t* w1, size_t group_bytes,
                    float* const* out0, float* const* out1) {
     const __m512i tab = ld64(kT.base_u);
     const __m512i one = _mm512_set1_epi32(1);
@@ -367,7 +353,7 @@ inline void g_pair(const ActG* P, int64_t nsuper, const uint8_t* w0, const uint8
         const uint8_t* s0 = w0 + 16 + i * kR4Bytes;
         const uint8_t* s1 = w1 + 16 + i * kR4Bytes;
         const ActG* Pi[NC];
-        for (int n = 0; n < NC; ++n) Pi[n] = P + i * NC + n;
+        for (int n = 0; n < NC; ++n) Pi[n] = P[n] + i;
         // the next pair, in address order (see e_cols); into L2 only: it is 2 x 8.7 KB ahead for
         // K = 4096, and in L1 it would evict the pair being read (measured: 15 vs 22 GB/s)
         for (int k = 0; k < 2 * kR4Bytes; k += 64)
@@ -401,40 +387,38 @@ inline void g_pair(const ActG* P, int64_t nsuper, const uint8_t* w0, const uint8
 // Adjacent groups are paired (and the next pair prefetched, see e_cols); a lone last group is
 // paired with itself.
 template <int NC>
-void g_cols(const GemmArgs& g, const ActG* P, int64_t n0) {
+void g_cols(const GemmArgs& g) {
     const int64_t nsuper = g.K / kSuper, groups = g.nrows / 4;
+    const ActG* P[NC];
+    for (int n = 0; n < NC; ++n) P[n] = reinterpret_cast<const ActG*>(g.P + n * g.p_row_bytes);
     for (int64_t gp = 0; gp < groups; gp += 2) {
         const int64_t g1 = gp + 1 < groups ? gp + 1 : gp;
         float* out0[NC];
         float* out1[NC];
         for (int n = 0; n < NC; ++n) {
-            out0[n] = g.C + (n0 + n) * g.ldc + 4 * gp;
-            out1[n] = g.C + (n0 + n) * g.ldc + 4 * g1;
+            out0[n] = g.C + n * g.ldc + 4 * gp;
+            out1[n] = g.C + n * g.ldc + 4 * g1;
         }
         g_pair<NC>(P, nsuper, g.W + gp * g.w_group_bytes, g.W + g1 * g.w_group_bytes, g.w_group_bytes, out0, out1);
     }
 }
 
+void prepare_row_g(const uint8_t* act, uint8_t* out, int64_t K) {
+    ActG* P = reinterpret_cast<ActG*>(out);
+    for (int64_t i = 0; i < K / kSuper; ++i) prepare_g(act + i * kActBytes, P[i]);
+}
+size_t prepared_bytes_g(int64_t K) { return (size_t)(K / kSuper) * sizeof(ActG); }
+
 void gemm_iq4_ks_r4(const GemmArgs& g) {
-    const int64_t nsuper = g.K / kSuper;
-    const int64_t chunk = cols_per_pass(g.ncols, nsuper, sizeof(ActG));
-    Buffer buf((size_t)(chunk * nsuper) * sizeof(ActG));
-    ActG* P = reinterpret_cast<ActG*>(buf.p);
-    for (int64_t n0 = 0; n0 < g.ncols; n0 += chunk) {
-        const int nc = (int)(g.ncols - n0 < chunk ? g.ncols - n0 : chunk);
-        for (int n = 0; n < nc; ++n)
-            for (int64_t i = 0; i < nsuper; ++i)
-                prepare_g(g.A + (n0 + n) * g.a_row_bytes + i * kActBytes, P[i * nc + n]);
-        switch (nc) {
-            case 1: g_cols<1>(g, P, n0); break;
-            case 2: g_cols<2>(g, P, n0); break;
-            case 3: g_cols<3>(g, P, n0); break;
-            case 4: g_cols<4>(g, P, n0); break;
-            case 5: g_cols<5>(g, P, n0); break;
-            case 6: g_cols<6>(g, P, n0); break;
-            case 7: g_cols<7>(g, P, n0); break;
-            default: g_cols<8>(g, P, n0); break;
-        }
+    switch (g.ncols) {
+        case 1: g_cols<1>(g); break;
+        case 2: g_cols<2>(g); break;
+        case 3: g_cols<3>(g); break;
+        case 4: g_cols<4>(g); break;
+        case 5: g_cols<5>(g); break;
+        case 6: g_cols<6>(g); break;
+        case 7: g_cols<7>(g); break;
+        default: g_cols<8>(g); break;
     }
 }
 
@@ -561,8 +545,18 @@ void convert_to_q8_k_r8(const uint8_t* src, uint8_t* dst, int64_t nrows, int64_t
 }  // namespace
 
 void register_avx512_iq4_ks(KernelTables& t) {
-    t.types[T_IQ4_KS].gemm = gemm_iq4_ks;
-    t.types[T_IQ4_KS_R4].gemm = gemm_iq4_ks_r4;
+    TypeKernels& e = t.types[T_IQ4_KS];
+    e.gemm = gemm_iq4_ks;
+    e.prepare_act = prepare_row_e;
+    e.prepared_bytes = prepared_bytes_e;
+    e.max_cols = cols_per_pass<ActE>;
+    e.tile_bytes = 0;  // the AVX2 kernel's hint is not this kernel's
+    TypeKernels& r4 = t.types[T_IQ4_KS_R4];
+    r4.gemm = gemm_iq4_ks_r4;
+    r4.prepare_act = prepare_row_g;
+    r4.prepared_bytes = prepared_bytes_g;
+    r4.max_cols = cols_per_pass<ActG>;
+    r4.tile_bytes = 0;
     t.types[T_IQ4_KS].to_large_batch = convert_to_q8_k_r8;
 }
 
