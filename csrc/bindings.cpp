@@ -23,6 +23,8 @@ const T* in_ptr(const py::array& a, size_t count, const char* what) {
     if (!py::dtype::of<T>().is(a.dtype())) throw std::invalid_argument(std::string(what) + ": wrong dtype");
     if (!(a.flags() & py::array::c_style)) throw std::invalid_argument(std::string(what) + ": not C-contiguous");
     if ((size_t)a.nbytes() < count * sizeof(T)) throw std::invalid_argument(std::string(what) + ": buffer too small");
+    if (reinterpret_cast<uintptr_t>(a.data()) % alignof(T) != 0)
+        throw std::invalid_argument(std::string(what) + ": misaligned data (copy the array first)");
     return static_cast<const T*>(a.data());
 }
 

@@ -36,10 +36,13 @@ public:
         fn_ = &fn;
         ntasks_ = ntasks;
         next_.store(0, std::memory_order_relaxed);
-        active_helpers_ = helpers;
         pending_.store(helpers, std::memory_order_relaxed);
         {
+            // The helper count is published with the generation, under the lock: a worker
+            // reads both together, so one that wakes late for an old job can never count
+            // itself into a newer one (or twice into one).
             std::lock_guard<std::mutex> lk(mu_);
+            active_helpers_ = helpers;
             ++generation_;
             gen_atomic_.store(generation_, std::memory_order_release);
         }
@@ -103,13 +106,15 @@ private:
                 std::this_thread::yield();
                 g = gen_atomic_.load(std::memory_order_acquire);
             }
+            int helpers;
             {
                 std::unique_lock<std::mutex> lk(mu_);
                 cv_.wait(lk, [&] { return generation_ != seen || stop_; });
                 if (stop_) return;
                 seen = generation_;
+                helpers = active_helpers_;
             }
-            if (id <= active_helpers_) {
+            if (id <= helpers) {
                 work(id);
                 if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
                     std::lock_guard<std::mutex> lk(mu_);

@@ -123,6 +123,7 @@ ADV = adversarial_inputs()
 
 
 # ----------------------------------------------------------------------------- scalar vs AVX2
+@pytest.mark.filterwarnings("ignore:.*fp16 block scales:RuntimeWarning")  # huge weights on purpose
 @pytest.mark.skipif(not HAVE_AVX2, reason="CPU without AVX2: only the scalar kernels exist")
 @pytest.mark.parametrize("qtype", TYPES)
 @pytest.mark.parametrize("case", ADV, ids=[c[0] for c in ADV])

@@ -6,6 +6,7 @@ arguments (it re-checks sizes only to guard its raw pointers).
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Optional, Union
 
 import numpy as np
@@ -32,6 +33,11 @@ _PATHS = dict(_CONST["paths"])
 
 
 # ----------------------------------------------------------------------------- threads / ISA
+# More threads than this never help (the kernels are compute or bandwidth bound on the usable
+# CPUs) and each costs a pool thread for the life of the process: larger requests are capped.
+_MAX_THREADS = max(16, _core.available_cpus())
+
+
 def _default_threads() -> int:
     env = os.environ.get("IQKQ_NUM_THREADS")
     if env:
@@ -41,7 +47,7 @@ def _default_threads() -> int:
             raise ValueError(f"IQKQ_NUM_THREADS must be a positive integer, got {env!r}") from None
         if n < 1:
             raise ValueError(f"IQKQ_NUM_THREADS must be a positive integer, got {env!r}")
-        return n
+        return min(n, _MAX_THREADS)
     return max(1, _core.available_cpus())
 
 
@@ -49,7 +55,9 @@ _num_threads = _default_threads()
 
 
 def set_num_threads(n: int) -> None:
-    """Set the default number of threads used when a call passes ``threads=None``."""
+    """Set the default number of threads used when a call passes ``threads=None``.
+
+    Requests above ``max(16, usable CPUs)`` are capped to that number."""
     global _num_threads
     _num_threads = _check_threads(n)
 
@@ -66,7 +74,7 @@ def _check_threads(n) -> int:
         raise TypeError(f"threads must be a positive int or None, not {type(n).__name__}")
     if n < 1:
         raise ValueError(f"threads must be >= 1, got {n}")
-    return min(int(n), 256)
+    return min(int(n), _MAX_THREADS)
 
 
 def isa() -> str:
@@ -82,6 +90,9 @@ def set_isa(name: str) -> None:
     Raises ValueError if the name is unknown or the CPU does not support it. Results of the
     two sets are identical (the scalar set is the reference the SIMD set is tested against).
     """
+    if not isinstance(name, str):
+        raise TypeError(f"set_isa: the kernel set name must be a str ('scalar', 'avx2' or 'avx512'), "
+                        f"not {type(name).__name__}")
     try:
         _core.set_isa(name)
     except ValueError as e:  # pybind11 maps std::invalid_argument to ValueError
@@ -93,15 +104,21 @@ _NUMERIC_KINDS = "fiu"
 
 
 def _as_float32(a, what: str) -> np.ndarray:
+    """A C-contiguous, aligned, native-order float32 array (a copy only where needed)."""
     if isinstance(a, np.ndarray) and a.dtype == np.float32:
         arr = a
     else:
+        if isinstance(a, memoryview) and not a.c_contiguous:
+            a = np.array(a)  # numpy copies any strided buffer
         arr = np.asarray(a)
         if arr.dtype.kind not in _NUMERIC_KINDS:
             raise TypeError(f"{what} must be a real numeric array (float or int), got dtype {arr.dtype}")
         arr = arr.astype(np.float32)
-    if not arr.flags.c_contiguous:
-        arr = np.ascontiguousarray(arr)
+    if not (arr.flags.c_contiguous and arr.flags.aligned and arr.dtype.isnative):
+        # misaligned views (np.frombuffer at odd offsets) and other byte orders are copied
+        arr = np.require(arr.astype(np.float32, copy=False), np.float32, ["C", "A"])
+        if not arr.dtype.isnative:
+            arr = arr.astype(np.float32)
     return arr
 
 
@@ -119,16 +136,36 @@ def _check_weight_shape(t: TypeInfo, shape) -> None:
         )
 
 
-def _check_imatrix(imatrix, K: int, t: TypeInfo) -> Optional[np.ndarray]:
+# Importance weights are only compared with each other, so scaling them by a power of two
+# changes nothing in exact arithmetic -- but ik_llama.cpp's quantizers overflow with huge ones
+# (measured: from about 2^40 on results degrade, above about 2^90 iq4_ks gives all-zero or NaN
+# rows and iq3_xxs relative errors near 1). Larger importance matrices are therefore rescaled,
+# exactly, by a power of two so that their largest entry is at most 2^30; below that they are
+# used as given, so iqkq's bytes stay those of ik_llama.cpp for every sane imatrix.
+_IMATRIX_MAX = 2.0 ** 30
+
+
+def _check_imatrix(imatrix, K: int, t: TypeInfo, n_expert: Optional[int] = None) -> Optional[np.ndarray]:
     if imatrix is None:
         return None
     im = _as_float32(imatrix, "imatrix")
-    if im.ndim != 1 or im.shape[0] != K:
-        raise ValueError(f"{t.name}: imatrix must have shape ({K},) (one weight per column), got {im.shape}")
+    if n_expert is not None and im.ndim == 2:
+        if im.shape != (n_expert, K):
+            raise ValueError(f"{t.name}: a per-expert imatrix must have shape (n_expert, K) = ({n_expert}, {K}), "
+                             f"got {im.shape}")
+    elif im.ndim != 1 or im.shape[0] != K:
+        extra = f" or ({n_expert}, {K}) (one row per expert)" if n_expert is not None else ""
+        raise ValueError(f"{t.name}: imatrix must have shape ({K},){extra} (one weight per column), got {im.shape}")
     if not np.isfinite(im).all():
         raise ValueError(f"{t.name}: imatrix contains NaN or infinite values")
     if (im < 0).any():
         raise ValueError(f"{t.name}: imatrix entries must be >= 0 (importance weights), found negative values")
+    if im.size:
+        rows = im.reshape(-1, K)
+        top = rows.max(axis=1)
+        if (top > _IMATRIX_MAX).any():
+            shift = np.where(top > _IMATRIX_MAX, np.ceil(np.log2(top.astype(np.float64))) - 30, 0).astype(np.int32)
+            im = np.ascontiguousarray(np.ldexp(rows, -shift[:, None]).astype(np.float32).reshape(im.shape))
     return im
 
 
@@ -146,8 +183,11 @@ def quantize(w, qtype: Union[str, int, TypeInfo], *, imatrix=None, threads: Opti
         w: float array of shape ``(rows, K)`` (or ``(n_expert, rows, K)`` for stacked
             experts). float32 is used as is; other real dtypes are converted.
         qtype: type name (case-insensitive) or ggml id, e.g. ``"q8_0"`` or ``8``.
-        imatrix: optional importance weights, shape ``(K,)``, finite and >= 0. Types that do
-            not use one (q8_0, q8_0_r8, q8_k_r8) accept and ignore it, as ggml does.
+        imatrix: optional importance weights, shape ``(K,)`` (for stacked experts also
+            ``(n_expert, K)``: one row per expert), finite and >= 0. Types that do not use one
+            (q8_0, q8_0_r8, q8_k_r8) accept and ignore it, as ggml does. An imatrix whose largest
+            entry exceeds 2^30 is rescaled by a power of two (exact) to at most 2^30, where
+            ik_llama.cpp's quantizers would lose precision or overflow.
         threads: threads to use (default ``get_num_threads()``).
 
     Returns:
@@ -157,6 +197,10 @@ def quantize(w, qtype: Union[str, int, TypeInfo], *, imatrix=None, threads: Opti
         TypeError: non-numeric ``w``. ValueError: wrong ndim, K not a multiple of the block
         size, rows not a multiple of the interleave, NaN/Inf weights, bad imatrix.
 
+    Warns:
+        RuntimeWarning: weights too large for the type's fp16 block scales (e.g. |w| > ~8.3e6
+        for q8_0): those rows dequantize to inf/NaN, as in ggml.
+
     Example:
         >>> w = np.random.default_rng(0).standard_normal((64, 256), dtype=np.float32)
         >>> q = iqkq.quantize(w, "q8_0")
@@ -164,22 +208,49 @@ def quantize(w, qtype: Union[str, int, TypeInfo], *, imatrix=None, threads: Opti
         ((64, 256), 17408)
     """
     t = type_info(qtype)
+    nthreads = _check_threads(threads)
     arr = _as_float32(w, "w")
     if arr.ndim not in (2, 3):
         raise ValueError(f"{t.name}: w must be 2-D (rows, K) or 3-D (n_expert, rows, K), got shape {arr.shape}")
     _check_weight_shape(t, arr.shape)
     K = arr.shape[-1]
     rows_total = int(np.prod(arr.shape[:-1]))
-    im = _check_imatrix(imatrix, K, t)
+    im = _check_imatrix(imatrix, K, t, arr.shape[0] if arr.ndim == 3 else None)
     out = np.empty(rows_total * t.row_bytes(K), dtype=np.uint8)
     if rows_total:
-        bad = _core.quantize(t.index, arr, out, rows_total, K, im, _check_threads(threads))
+        if im is not None and im.ndim == 2:  # one importance row per expert
+            E, rows = arr.shape[0], arr.shape[1]
+            nb = rows * t.row_bytes(K)
+            bad = -1
+            for e in range(E):
+                b = _core.quantize(t.index, arr[e], out[e * nb:(e + 1) * nb], rows, K, im[e], nthreads)
+                if b >= 0:
+                    bad = e * rows + b
+                    break
+        else:
+            bad = _core.quantize(t.index, arr, out, rows_total, K, im, nthreads)
         if bad >= 0:
             where = bad if arr.ndim == 2 else divmod(bad, arr.shape[1])
             raise ValueError(
                 f"{t.name}: w contains NaN or infinite values (first in row {where}); only finite weights can be quantized"
             )
-    return QuantizedTensor(out, t, arr.shape)
+    q = QuantizedTensor(out, t, arr.shape)
+    if arr.size and float(np.abs(arr).max()) > 65504.0:
+        _warn_if_overflowed(q)
+    return q
+
+
+def _warn_if_overflowed(q: QuantizedTensor) -> None:
+    # Most types store block scales as fp16 (max 65504): weights far beyond that -- e.g. |w| >
+    # 65504 * 127 ~ 8.3e6 for q8_0 -- give an infinite scale and dequantize to inf / NaN, in
+    # ggml as here. Only checked when some |w| exceeds the fp16 range, so normal weights pay
+    # nothing.
+    d = dequantize(q)
+    if not np.isfinite(d).all():
+        rows = int((~np.isfinite(d.reshape(-1, q.shape[-1]))).any(axis=1).sum())
+        warnings.warn(f"{q.qtype}: {rows} row(s) hold weights too large for the type's fp16 block scales; "
+                      f"they dequantize to inf/NaN (as in ggml). Scale the tensor down or use a type "
+                      f"with float32 scales.", RuntimeWarning, stacklevel=3)
 
 
 def dequantize(q: QuantizedTensor, *, threads: Optional[int] = None) -> np.ndarray:
@@ -190,12 +261,13 @@ def dequantize(q: QuantizedTensor, *, threads: Optional[int] = None) -> np.ndarr
         array([1., 1., 1.], dtype=float32)
     """
     q = _require_qt(q, "q")
+    nthreads = _check_threads(threads)
     t = q.type_info
     K = q.shape[-1]
     rows_total = int(np.prod(q.shape[:-1]))
     out = np.empty(q.shape, dtype=np.float32)
     if rows_total:
-        _core.dequantize(t.index, q.data, out, rows_total, K, _check_threads(threads))
+        _core.dequantize(t.index, q.data, out, rows_total, K, nthreads)
     return out
 
 
@@ -220,14 +292,15 @@ def repack(q: QuantizedTensor, qtype: Union[str, int, TypeInfo], *, threads: Opt
         True
     """
     q = _require_qt(q, "q")
+    nthreads = _check_threads(threads)
     src = q.type_info
     dst = type_info(qtype)
     if src.name == dst.name:
         return q
     if _LARGE_BATCH.get(src.name) == dst.name and dst.base != src.name:
-        return _convert_large_batch(q, src, dst, threads)
+        return _convert_large_batch(q, src, dst, nthreads)
     if not (dst.base == src.name or src.base == dst.name):
-        twins = [n for n in (src.base, src.interleaved, _LARGE_BATCH.get(src.name)) if n]
+        twins = list(dict.fromkeys(n for n in (src.base, src.interleaved, _LARGE_BATCH.get(src.name)) if n))
         hint = f"; {src.name} can be repacked to {', '.join(twins)}" if twins else f"; {src.name} has no repack twin"
         raise ValueError(f"cannot repack {src.name} to {dst.name}: they are not row-interleaved twins{hint}")
     _check_weight_shape(dst, q.shape)
@@ -237,17 +310,18 @@ def repack(q: QuantizedTensor, qtype: Union[str, int, TypeInfo], *, threads: Opt
         raise ValueError(f"cannot repack: rows per expert ({q.shape[1]}) must be a multiple of the interleave")
     out = np.empty(q.nbytes, dtype=np.uint8)
     if rows_total:
-        _core.repack(src.index, dst.index, q.data, out, rows_total, K, _check_threads(threads))
+        _core.repack(src.index, dst.index, q.data, out, rows_total, K, nthreads)
     return QuantizedTensor(out, dst, q.shape)
 
 
 def _convert_large_batch(q: QuantizedTensor, src: TypeInfo, dst: TypeInfo, threads) -> QuantizedTensor:
     _check_weight_shape(dst, q.shape)
+    nthreads = _check_threads(threads)
     K = q.shape[-1]
     rows_total = int(np.prod(q.shape[:-1]))
     if q.ndim == 3 and q.shape[1] % dst.interleave:
         raise ValueError(f"cannot convert: rows per expert ({q.shape[1]}) must be a multiple of {dst.interleave}")
-    out = _core.convert_large_batch(src.index, q.data, rows_total, K, _check_threads(threads)) if rows_total \
+    out = _core.convert_large_batch(src.index, q.data, rows_total, K, nthreads) if rows_total \
         else np.empty(0, np.uint8)
     return QuantizedTensor(out, dst, q.shape)
 
@@ -287,10 +361,14 @@ def matmul(w: QuantizedTensor, x, *, threads: Optional[int] = None, path: str = 
         _require_qt(w, "w")
     t = w._info
     shape = w._shape
+    nthreads = _num_threads if threads is None else _check_threads(threads)
+    p = _PATHS.get(path) if isinstance(path, str) else None
+    if p is None:
+        raise ValueError(f"path must be one of 'auto', 'direct', 'repack', got {path!r}")
     if len(shape) == 3:
-        return _matmul_stacked(w, x, threads, path)
+        return _matmul_stacked(w, x, nthreads, path)
     rows, K = shape
-    if type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous:
+    if type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous and x.flags.aligned:
         xa = x
     else:
         xa = _as_float32(x, "x")
@@ -303,9 +381,6 @@ def matmul(w: QuantizedTensor, x, *, threads: Optional[int] = None, path: str = 
         raise ValueError(f"x must be 1-D (K,) or 2-D (N, K), got shape {xa.shape}")
     if xa.shape[-1] != K:
         raise ValueError(f"{t.name}: x has {xa.shape[-1]} columns but w has K={K} (w.shape={shape}, x.shape={xa.shape})")
-    p = _PATHS.get(path) if isinstance(path, str) else None
-    if p is None:
-        raise ValueError(f"path must be one of 'auto', 'direct', 'repack', got {path!r}")
     if p == _PATHS["repack"]:
         lb = _LARGE_BATCH[t.name]
         if lb is None:
@@ -314,7 +389,7 @@ def matmul(w: QuantizedTensor, x, *, threads: Optional[int] = None, path: str = 
             raise ValueError(f"{t.name}: path='repack' converts to {lb}, which needs rows % "
                              f"{_RAW_BY_NAME[lb]['interleave']} == 0 (rows={rows})")
     y = np.empty((N, rows), dtype=np.float32)
-    _core.matmul(t.index, w._data, rows, K, xa, N, y, _num_threads if threads is None else _check_threads(threads), p)
+    _core.matmul(t.index, w._data, rows, K, xa, N, y, nthreads, p)
     return y[0] if nd == 1 else y
 
 
@@ -327,16 +402,19 @@ def _expert(w: QuantizedTensor, e: int) -> QuantizedTensor:
 def _matmul_stacked(w: QuantizedTensor, x, threads, path) -> np.ndarray:
     E, rows, K = w.shape
     xa = _as_float32(x, "x")
-    if xa.ndim == 3:
-        if xa.shape[0] != E or xa.shape[2] != K:
-            raise ValueError(f"for stacked weights {w.shape}, a 3-D x must be (n_expert, N, K) = ({E}, N, {K}), "
-                             f"got {xa.shape}")
-        return np.stack([matmul(_expert(w, e), xa[e], threads=threads, path=path) for e in range(E)]) if E else \
-            np.empty((0, xa.shape[1], rows), np.float32)
-    if xa.ndim not in (1, 2):
+    if xa.ndim not in (1, 2, 3):
         raise ValueError(f"x must be (K,), (N, K) or (n_expert, N, K), got shape {xa.shape}")
-    out = [matmul(_expert(w, e), xa, threads=threads, path=path) for e in range(E)]
-    return np.stack(out) if E else np.empty((0,) + xa.shape[:-1] + (rows,), np.float32)
+    if xa.ndim == 3 and xa.shape[0] != E:
+        raise ValueError(f"for stacked weights {w.shape}, a 3-D x must be (n_expert, N, K) = ({E}, N, {K}), "
+                         f"got {xa.shape}")
+    if xa.shape[-1] != K:
+        raise ValueError(f"{w.qtype}: x has {xa.shape[-1]} columns but w has K={K} (w.shape={w.shape}, x.shape={xa.shape})")
+    out_shape = (E,) + xa.shape[(1 if xa.ndim == 3 else 0):-1] + (rows,)
+    if E == 0 or rows == 0 or 0 in xa.shape:  # nothing to compute (and no per-expert loop over empties)
+        return np.zeros(out_shape, np.float32)
+    if xa.ndim == 3:
+        return np.stack([matmul(_expert(w, e), xa[e], threads=threads, path=path) for e in range(E)])
+    return np.stack([matmul(_expert(w, e), xa, threads=threads, path=path) for e in range(E)])
 
 
 # ----------------------------------------------------------------------------- fused up + gate
@@ -350,12 +428,14 @@ def _check_act(act, limit):
     if limit is None:
         lim = 0.0
     else:
-        try:
-            lim = float(limit)
-        except (TypeError, ValueError):
-            raise TypeError(f"limit must be a number or None, not {type(limit).__name__}") from None
-        if not np.isfinite(lim) or lim <= 0:
-            raise ValueError(f"limit must be a positive finite number or None, got {limit!r}")
+        if isinstance(limit, (bool, np.bool_)) or not isinstance(limit, (int, float, np.integer, np.floating)):
+            raise TypeError(f"limit must be a number or None, not {type(limit).__name__}")
+        lim = float(limit)
+        # ik_llama.cpp reads a limit <= 1e-6 as "no limit"; refuse it rather than ignore it
+        if not np.isfinite(lim) or lim <= 1e-6:
+            raise ValueError(f"limit must be a finite number > 1e-6 or None (no limit), got {limit!r}")
+        if np.float32(lim) <= np.float32(1e-6):
+            raise ValueError(f"limit must be > 1e-6 in float32, got {limit!r}")
     return op, lim
 
 
@@ -404,6 +484,7 @@ def fused_up_gate(up: QuantizedTensor, gate: QuantizedTensor, x, *, act: str = "
         (3, 64)
     """
     _check_pair(up, gate)
+    nthreads = _check_threads(threads)
     if up.ndim != 2:
         raise ValueError(f"fused_up_gate needs 2-D weights (N_ff, K), got shape {up.shape}; use moe_up_gate for experts")
     op, lim = _check_act(act, limit)
@@ -418,7 +499,7 @@ def fused_up_gate(up: QuantizedTensor, gate: QuantizedTensor, x, *, act: str = "
     N = x2.shape[0]
     y = np.empty((N, nff), dtype=np.float32)
     if N and nff:
-        _core.fused_up_gate(t.index, up.data, gate.data, nff, K, x2, N, y, op, lim, _check_threads(threads))
+        _core.fused_up_gate(t.index, up.data, gate.data, nff, K, x2, N, y, op, lim, nthreads)
     return y[0] if xa.ndim == 1 else y
 
 
@@ -453,6 +534,7 @@ def moe_up_gate(up: QuantizedTensor, gate: Optional[QuantizedTensor], x, expert_
         (2, 2, 32)
     """
     _require_qt(up, "up")
+    nthreads = _check_threads(threads)
     if gate is not None:
         _check_pair(up, gate)
     if up.ndim != 3:
@@ -479,7 +561,7 @@ def moe_up_gate(up: QuantizedTensor, gate: Optional[QuantizedTensor], x, expert_
     if ids.size and (ids.min() < -1 or ids.max() >= E):
         bad = ids[(ids < -1) | (ids >= E)].ravel()[0]
         raise ValueError(f"expert_ids must be in [-1, {E}) (n_expert={E}; -1 = no expert), found {int(bad)}")
-    ids32 = np.ascontiguousarray(ids, dtype=np.int32)
+    ids32 = np.require(ids, np.int32, ["C", "A"])
     xa = _as_float32(x, "x")
     if xa.ndim == 2:
         per_slot = False
@@ -494,5 +576,5 @@ def moe_up_gate(up: QuantizedTensor, gate: Optional[QuantizedTensor], x, expert_
     y = np.empty((T, n_used, nff), dtype=np.float32)
     if y.size:
         _core.moe_up_gate(t.index, up.data, None if gate is None else gate.data, E, nff, K, xa, per_slot, ids32, T,
-                          n_used, y, op, lim, _check_threads(threads))
+                          n_used, y, op, lim, nthreads)
     return y

@@ -1,6 +1,7 @@
 """QuantizedTensor: ggml-layout bytes + type + logical shape, without copies."""
 from __future__ import annotations
 
+import operator
 from typing import Tuple, Union
 
 import numpy as np
@@ -19,6 +20,9 @@ def _as_bytes_array(data) -> np.ndarray:
             )
         arr = data.view(np.uint8) if data.dtype == np.int8 else data
     else:
+        if isinstance(data, memoryview) and not data.contiguous:
+            data = np.array(data)  # a strided buffer: copied once, as documented
+            return _as_bytes_array(data)
         try:
             arr = np.frombuffer(data, dtype=np.uint8)
         except TypeError:
@@ -32,7 +36,7 @@ def _as_bytes_array(data) -> np.ndarray:
 
 def _check_shape(t: TypeInfo, shape) -> Tuple[int, ...]:
     try:
-        shape = tuple(int(s) for s in shape)
+        shape = tuple(operator.index(s) for s in shape)
     except TypeError:
         raise TypeError(f"shape must be a tuple of ints, got {shape!r}") from None
     if len(shape) not in (2, 3):
