@@ -863,6 +863,20 @@ class GGUFFile:
         finally:
             mv.release()
 
+    @classmethod
+    def _from_buffer(cls, data, where: str = "<buffer>") -> "GGUFFile":
+        # parse bytes already in memory (tests, in-memory files)
+        self = object.__new__(cls)
+        self.path = where
+        self._mm = None
+        self._buf = np.frombuffer(data, dtype=np.uint8)
+        mv = memoryview(self._buf)
+        try:
+            self._parse(mv, where)
+        finally:
+            mv.release()
+        return self
+
     def _parse(self, mv: memoryview, where: str) -> None:
         c = _Cursor(mv, where)
         self.file_size = c.end
@@ -938,6 +952,9 @@ class GGUFFile:
                     c.fail(f"tensor {name!r} of shape {shape}: {e}")
                 known = True
             else:
+                if start > c.end:
+                    c.fail(f"tensor {name!r} ({t.name}) has its data at offset {start}, past the end of the file "
+                           f"({c.end} bytes)")
                 nxt = [s for s in starts if s > start]
                 nbytes = (nxt[0] if nxt else c.end) - start
                 known = False
@@ -1037,7 +1054,7 @@ def _make_tensor(raw: np.ndarray, tid: int, shape: Tuple[int, ...]):
     if dt is not None:
         return raw.view(dt).reshape(shape)
     info = _BY_ID.get(tid)
-    if info is not None and len(shape) in (2, 3):
+    if info is not None and len(shape) in (2, 3) and shape[-1] > 0:
         return QuantizedTensor(raw, info, shape)
     return RawTensor(raw, tid, shape)
 
