@@ -678,3 +678,96 @@ def test_llama_like_model_round_trip(tmp_path, qtype):
     assert m3.typed("general.file_type") == GGUFValue(137, VT.UINT32)
     assert all(back[k] == out[k] if isinstance(out[k], iqkq.QuantizedTensor) else np.array_equal(back[k], out[k])
                for k in out)
+
+
+# ----------------------------------------------------------------------------- property: any typed metadata
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_INT_RANGES = {VT.UINT8: (0, 2**8 - 1), VT.INT8: (-2**7, 2**7 - 1), VT.UINT16: (0, 2**16 - 1),
+               VT.INT16: (-2**15, 2**15 - 1), VT.UINT32: (0, 2**32 - 1), VT.INT32: (-2**31, 2**31 - 1),
+               VT.UINT64: (0, 2**64 - 1), VT.INT64: (-2**63, 2**63 - 1)}
+
+
+def _scalar(vt):
+    if vt in _INT_RANGES:
+        return st.integers(*_INT_RANGES[vt])
+    if vt == VT.FLOAT32:
+        return st.floats(width=32)
+    if vt == VT.FLOAT64:
+        return st.floats()
+    if vt == VT.BOOL:
+        return st.booleans()
+    return st.text(max_size=12)
+
+
+_SCALAR_TYPES = list(_INT_RANGES) + [VT.FLOAT32, VT.FLOAT64, VT.BOOL, VT.STRING]
+
+
+@st.composite
+def gguf_values(draw, depth=0):
+    kind = draw(st.sampled_from(["scalar", "array"] + (["nested"] if depth == 0 else [])))
+    if kind == "scalar":
+        vt = draw(st.sampled_from(_SCALAR_TYPES))
+        return GGUFValue(draw(_scalar(vt)), vt)
+    if kind == "array":
+        it = draw(st.sampled_from(_SCALAR_TYPES))
+        return GGUFValue(draw(st.lists(_scalar(it), max_size=6)), VT.ARRAY, it)
+    items = draw(st.lists(gguf_values(depth=1).filter(lambda v: v.type == VT.ARRAY), max_size=3))
+    return GGUFValue(items, VT.ARRAY, VT.ARRAY)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(gguf_values(), max_size=8), st.sampled_from([None, 1, 16, 64]))
+def test_any_typed_metadata_round_trips(tmp_path_factory, values, alignment):
+    d = tmp_path_factory.mktemp("prop")
+    meta = GGUFMetadata([(f"k.{i}", v) for i, v in enumerate(values)])
+    p1, p2 = d / "a.gguf", d / "b.gguf"
+    iqkq.gguf.save(p1, {"t": np.arange(3, dtype=np.float32)}, meta, alignment=alignment)
+    t, back = iqkq.gguf.load(p1)
+    want = meta.copy()
+    if alignment not in (None, 32):
+        want["general.alignment"] = GGUFValue(alignment, VT.UINT32)
+    assert back == want
+    iqkq.gguf.save(p2, t, back)
+    assert p2.read_bytes() == p1.read_bytes()
+    r = gguf.GGUFReader(str(p1))  # gguf-py agrees on every type
+    for k, v in meta.typed_items():
+        assert r.fields[k].types[0] == v.type
+        if v.type == VT.ARRAY and v.item_type != VT.ARRAY and len(v.value):
+            assert r.fields[k].types[1] == v.item_type
+
+
+# ----------------------------------------------------------------------------- a file from ik_llama.cpp's quantizer
+IK_FILE = os.path.join(os.path.dirname(__file__), "data", "gguf", "ik_llama_quantize_iq4_ks.gguf")
+
+
+def test_file_from_ik_llama_quantize_round_trips(tmp_path):
+    """A model quantized by ik_llama.cpp's llama-quantize (tests/data/gguf/README.md): iqkq reads
+    its tensors (iq4_ks, ik-only iq5_k, mainline q6_K, f32) and metadata types, and writes it back
+    byte for byte -- where gguf-py refuses the file."""
+    with pytest.raises(ValueError, match="144"):
+        gguf.GGUFReader(IK_FILE)
+    f = iqkq.gguf.read(IK_FILE)
+    assert f.is_canonical and f.version == 3 and f.alignment == 32
+    kinds = [t.type_name for t in f.tensors]
+    assert kinds.count("iq4_ks") == 7 and kinds.count("f32") == 3 and kinds.count("iq5_k") == 1
+    assert kinds.count("q6_K") == 1
+    tensors, meta = iqkq.gguf.load(IK_FILE)
+    assert meta.typed("general.file_type") == GGUFValue(145, VT.UINT32)
+    assert meta.typed("llama.attention.head_count_kv") == GGUFValue(2, VT.UINT32)
+    assert meta.typed("llama.attention.layer_norm_rms_epsilon") == GGUFValue(1e-5, VT.FLOAT32)
+    assert meta.typed("tokenizer.ggml.token_type").item_type == VT.INT32
+    assert meta.typed("tokenizer.ggml.add_eos_token") == GGUFValue(False, VT.BOOL)
+    assert meta["tokenizer.ggml.tokens"][:3] == ["<unk>", "<s>", "</s>"]
+    up = tensors["blk.0.ffn_up.weight"]
+    assert isinstance(up, iqkq.QuantizedTensor) and up.qtype == "iq4_ks" and up.shape == (256, 256)
+    w = iqkq.dequantize(up)
+    assert np.isfinite(w).all() and 0.01 < w.std() < 0.03  # the N(0, 0.02) weights it was made from
+    y = iqkq.matmul(up, np.ones(256, np.float32))
+    np.testing.assert_allclose(y, w.sum(axis=1), rtol=0.02, atol=0.02)
+    assert isinstance(tensors["blk.0.attn_v.weight"], iqkq.RawTensor)
+    assert tensors["blk.0.attn_v.weight"].type_name == "iq5_k" and tensors["output.weight"].type_name == "q6_K"
+    p = tmp_path / "copy.gguf"
+    iqkq.gguf.save(p, tensors, meta)
+    with open(IK_FILE, "rb") as fh:
+        assert p.read_bytes() == fh.read()

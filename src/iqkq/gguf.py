@@ -330,8 +330,9 @@ def _norm_array(v, it: GGUFValueType, depth: int):
     else:
         dt = _NUM_DTYPE[it]
         a = np.asarray(v)
-        if a.dtype == object:
-            a = np.array([_norm_scalar(x, it) for x in a.reshape(-1)], dtype=dt)
+        if a.dtype == object or (not isinstance(v, np.ndarray) and a.dtype.kind == "f" and it in _INT_TYPES):
+            # Python ints beyond int64 (numpy makes them float64 or object): checked one by one
+            a = np.array([_norm_scalar(x, it) for x in v], dtype=dt)
         elif a.size == 0:
             a = np.zeros(0, dt)
         elif a.dtype.kind == "b" or a.dtype.kind not in ("iu" if it in _INT_TYPES else "iuf"):
