@@ -11,7 +11,7 @@ from gguf import GGMLQuantizationType as QT
 from gguf import GGUFValueType as VT
 
 import iqkq
-from iqkq.gguf import GGUFMetadata, GGUFStreamWriter, GGUFValue, TensorInfo
+from iqkq.gguf import GGUFMetadata, GGUFStreamWriter, GGUFValue
 from conftest import TYPE_NAMES, rng
 
 

@@ -52,7 +52,7 @@ import struct
 import sys
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 from gguf import GGUFValueType, Keys
@@ -220,7 +220,8 @@ class GGUFValue:
           UINT64), FLOAT32 (any float among the numbers, never truncated), or ARRAY (each
           element typed by these rules) for lists of lists; a 2-D numpy array is an ARRAY of
           row ARRAYs. An empty list has no item type: ValueError (pass a typed numpy array or
-          a GGUFValue).
+          a GGUFValue). Note that llama.cpp's and ik_llama.cpp's readers abort on arrays of
+          arrays (gguf-py and iqkq read them).
 
         Example:
             >>> G = iqkq.gguf.GGUFValue.infer
@@ -623,8 +624,8 @@ class TensorInfo:
     @staticmethod
     def of(name: str, tensor) -> "TensorInfo":
         """The declaration of a tensor object (QuantizedTensor, RawTensor or numpy array)."""
-        tid, shape, data = _tensor_parts(name, tensor)
-        return TensorInfo(name, shape, tid, int(data.size))
+        tid, shape, nbytes = _tensor_parts(name, tensor, data=False)
+        return TensorInfo(name, shape, tid, nbytes)
 
     @staticmethod
     def declare(name: str, shape, ggml_type_, nbytes: Optional[int] = None) -> "TensorInfo":
@@ -645,14 +646,13 @@ def _array_type_id(a: np.ndarray) -> Optional[int]:
     return _GGML_OF_DTYPE.get(f"{a.dtype.kind}{a.dtype.itemsize}")
 
 
-def _tensor_parts(name, t) -> Tuple[int, Tuple[int, ...], np.ndarray]:
-    """(type id, shape, 1-D uint8 little-endian bytes) of a tensor object."""
+def _tensor_parts(name, t, data: bool = True) -> Tuple[int, Tuple[int, ...], Any]:
+    """(type id, shape, 1-D uint8 little-endian bytes -- or just their count if not ``data``)
+    of a tensor object."""
     if not isinstance(name, str):
         raise TypeError(f"tensor names must be str, not {type(name).__name__} ({name!r})")
-    if isinstance(t, QuantizedTensor):
-        return t.type_id, t.shape, t.data
-    if isinstance(t, RawTensor):
-        return t.type_id, t.shape, t.data
+    if isinstance(t, (QuantizedTensor, RawTensor)):
+        return t.type_id, t.shape, (t.data if data else t.nbytes)
     if isinstance(t, np.ndarray):
         tid = _array_type_id(t)
         if tid is None:
@@ -662,6 +662,8 @@ def _tensor_parts(name, t) -> Tuple[int, Tuple[int, ...], np.ndarray]:
                 f"iqkq.QuantizedTensor or iqkq.RawTensor"
             )
         shape = _raw_shape(t.shape)
+        if not data:
+            return tid, shape, int(t.nbytes)
         a = np.ascontiguousarray(t)
         if a.dtype.byteorder == ">" or (a.dtype.byteorder == "=" and sys.byteorder == "big"):
             a = a.astype(a.dtype.newbyteorder("<"))
