@@ -88,9 +88,6 @@ def set_isa(name: str) -> None:
 
 
 # ----------------------------------------------------------------------------- helpers
-_NUMERIC_KINDS = "fiu"
-
-
 def _is_bfloat16(dt: np.dtype) -> bool:
     # ml_dtypes.bfloat16 (and look-alikes): numpy has no bf16 of its own; such a dtype is a
     # user dtype of kind 'V' with an exact cast to float32.
@@ -348,7 +345,7 @@ def matmul(w: QuantizedTensor, x, *, threads: Optional[int] = None, path: str = 
     if len(shape) == 3:
         return _matmul_stacked(w, x, threads, path)
     rows, K = shape
-    if type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous:
+    if type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous and x.flags.aligned:
         xa = x
     else:
         xa = _as_float32(x, "x")
