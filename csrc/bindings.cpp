@@ -18,9 +18,19 @@ using namespace iqkq;
 
 namespace {
 
+// Dtypes are compared by value (numpy's ==), not by identity: arrays from np.frombuffer,
+// memmaps or gguf.GGUFReader carry dtype objects equal to, but distinct from, the canonical ones.
+// An equal kind and size in the other byte order gets its own message (such data would be
+// misread, so it is refused; the Python layer converts it before calling).
 template <typename T>
 const T* in_ptr(const py::array& a, size_t count, const char* what) {
-    if (!py::dtype::of<T>().is(a.dtype())) throw std::invalid_argument(std::string(what) + ": wrong dtype");
+    const py::dtype want = py::dtype::of<T>();
+    const py::dtype got = a.dtype();
+    if (!want.equal(got)) {
+        const bool swapped = got.kind() == want.kind() && got.itemsize() == want.itemsize() &&
+                             (got.byteorder() == '<' || got.byteorder() == '>');
+        throw std::invalid_argument(std::string(what) + (swapped ? ": non-native byte order" : ": wrong dtype"));
+    }
     if (!(a.flags() & py::array::c_style)) throw std::invalid_argument(std::string(what) + ": not C-contiguous");
     if ((size_t)a.nbytes() < count * sizeof(T)) throw std::invalid_argument(std::string(what) + ": buffer too small");
     if (reinterpret_cast<uintptr_t>(a.data()) % alignof(T) != 0)

@@ -23,13 +23,13 @@ from .ops import (
     set_isa,
     set_num_threads,
 )
-from .tensor import QuantizedTensor
-from . import gguf  # noqa: E402  (GGUF read / write)
+from .tensor import QuantizedTensor, RawTensor
 
 __version__ = "0.1.0"
 
 __all__ = [
     "QuantizedTensor",
+    "RawTensor",
     "TypeInfo",
     "dequantize",
     "fused_up_gate",
@@ -44,6 +44,15 @@ __all__ = [
     "type_info",
     "types",
 ]
+
+
+def __getattr__(name):
+    # iqkq.gguf (GGUF read / write) is imported on first use: it pulls in the gguf package
+    if name == "gguf":
+        import importlib
+
+        return importlib.import_module(".gguf", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _init_isa() -> None:

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import _core
 from ._types import TypeInfo, _LARGE_BATCH, _RAW_BY_NAME, type_info
-from .tensor import QuantizedTensor
+from .tensor import QuantizedTensor, RawTensor
 
 __all__ = [
     "quantize",
@@ -100,25 +100,46 @@ def set_isa(name: str) -> None:
 
 
 # ----------------------------------------------------------------------------- helpers
-_NUMERIC_KINDS = "fiu"
+def _is_bfloat16(dt: np.dtype) -> bool:
+    # ml_dtypes.bfloat16 (and look-alikes): numpy has no bf16 of its own; such a dtype is a
+    # user dtype of kind 'V' with an exact cast to float32.
+    return dt.itemsize == 2 and dt.name == "bfloat16"
 
 
-def _as_float32(a, what: str) -> np.ndarray:
-    """A C-contiguous, aligned, native-order float32 array (a copy only where needed)."""
-    if isinstance(a, np.ndarray) and a.dtype == np.float32:
+def _as_float32(a, what: str, allow_int: bool = True) -> np.ndarray:
+    """``a`` as a C-contiguous, aligned, native float32 array (no copy when it already is one).
+
+    float16 / bfloat16 (ml_dtypes) / RawTensor f16 / bf16 / f32 convert exactly, float64 is
+    rounded, arrays of the other byte order are converted. Integer arrays are converted only
+    when ``allow_int`` (quantize refuses them: integer weights are almost always raw bits).
+    """
+    if isinstance(a, np.ndarray) and a.dtype == np.float32:  # == : any equal dtype object, native order
         arr = a
+    elif isinstance(a, RawTensor):
+        arr = a._float32()
+        if arr is None:
+            raise a.unsupported(what)
+    elif isinstance(a, QuantizedTensor):
+        raise TypeError(f"{what} is a QuantizedTensor ({a.qtype}); pass float values (iqkq.dequantize(...) gives them)")
     else:
         if isinstance(a, memoryview) and not a.c_contiguous:
             a = np.array(a)  # numpy copies any strided buffer
         arr = np.asarray(a)
-        if arr.dtype.kind not in _NUMERIC_KINDS:
-            raise TypeError(f"{what} must be a real numeric array (float or int), got dtype {arr.dtype}")
-        arr = arr.astype(np.float32)
-    if not (arr.flags.c_contiguous and arr.flags.aligned and arr.dtype.isnative):
-        # misaligned views (np.frombuffer at odd offsets) and other byte orders are copied
-        arr = np.require(arr.astype(np.float32, copy=False), np.float32, ["C", "A"])
-        if not arr.dtype.isnative:
+        kind = arr.dtype.kind
+        if kind == "f" or _is_bfloat16(arr.dtype) or (allow_int and kind in "iu"):
             arr = arr.astype(np.float32)
+        elif kind in "iu":
+            raise TypeError(
+                f"{what} must be a float array (float32, float16, bfloat16 or float64), got integer dtype {arr.dtype}; "
+                f"if these integers are raw bits (e.g. bf16 read as uint16) wrap them as iqkq.RawTensor, "
+                f"if they are the values convert them first (w.astype(np.float32))"
+            )
+        elif allow_int:
+            raise TypeError(f"{what} must be a real numeric array (float or int), got dtype {arr.dtype}")
+        else:
+            raise TypeError(f"{what} must be a float array (float32, float16, bfloat16 or float64), got dtype {arr.dtype}")
+    if not (arr.flags.c_contiguous and arr.flags.aligned):
+        arr = np.array(arr, dtype=np.float32, order="C")
     return arr
 
 
@@ -170,6 +191,8 @@ def _check_imatrix(imatrix, K: int, t: TypeInfo, n_expert: Optional[int] = None)
 
 
 def _require_qt(q, what: str) -> QuantizedTensor:
+    if isinstance(q, RawTensor):
+        raise q.unsupported(what)
     if not isinstance(q, QuantizedTensor):
         raise TypeError(f"{what} must be an iqkq.QuantizedTensor, not {type(q).__name__}")
     return q
@@ -181,7 +204,8 @@ def quantize(w, qtype: Union[str, int, TypeInfo], *, imatrix=None, threads: Opti
 
     Args:
         w: float array of shape ``(rows, K)`` (or ``(n_expert, rows, K)`` for stacked
-            experts). float32 is used as is; other real dtypes are converted.
+            experts). float32 is used as is; float16, bfloat16 (``ml_dtypes``, or a bf16
+            :class:`RawTensor` from a GGUF) convert exactly, float64 is rounded to float32.
         qtype: type name (case-insensitive) or ggml id, e.g. ``"q8_0"`` or ``8``.
         imatrix: optional importance weights, shape ``(K,)`` (for stacked experts also
             ``(n_expert, K)``: one row per expert), finite and >= 0. Types that do not use one
@@ -194,7 +218,8 @@ def quantize(w, qtype: Union[str, int, TypeInfo], *, imatrix=None, threads: Opti
         A :class:`QuantizedTensor` holding the ggml bytes.
 
     Raises:
-        TypeError: non-numeric ``w``. ValueError: wrong ndim, K not a multiple of the block
+        TypeError: ``w`` is not a float array (integer arrays are refused: they are usually
+        raw bits such as bf16 read as uint16). ValueError: wrong ndim, K not a multiple of the block
         size, rows not a multiple of the interleave, NaN/Inf weights, bad imatrix.
 
     Warns:
@@ -209,7 +234,7 @@ def quantize(w, qtype: Union[str, int, TypeInfo], *, imatrix=None, threads: Opti
     """
     t = type_info(qtype)
     nthreads = _check_threads(threads)
-    arr = _as_float32(w, "w")
+    arr = _as_float32(w, "w", allow_int=False)
     if arr.ndim not in (2, 3):
         raise ValueError(f"{t.name}: w must be 2-D (rows, K) or 3-D (n_expert, rows, K), got shape {arr.shape}")
     _check_weight_shape(t, arr.shape)
@@ -253,13 +278,40 @@ def _warn_if_overflowed(q: QuantizedTensor) -> None:
                       f"with float32 scales.", RuntimeWarning, stacklevel=3)
 
 
-def dequantize(q: QuantizedTensor, *, threads: Optional[int] = None) -> np.ndarray:
+def dequantize(q, *, threads: Optional[int] = None) -> np.ndarray:
     """Dequantize to float32 of shape ``q.shape``, bit-identical to ggml's ``to_float``.
 
+    ``q`` may be any tensor a GGUF file holds that has float values: a QuantizedTensor, a
+    :class:`RawTensor` of type f32 / f16 / bf16 (exact) or f64 (rounded), or of one of
+    iqkq's types with 1 or 4 dimensions, or a numpy float array (float32 arrays are returned
+    as they are, others converted). So ``dequantize(tensors[name])`` gives float32 values
+    for every such tensor of ``iqkq.gguf.load``.
+
+    Raises:
+        TypeError: a RawTensor of a type iqkq has no kernels for (the message names it), an
+        integer array, or anything that is not a tensor.
+
     Example:
-        >>> iqkq.dequantize(iqkq.quantize(np.ones((8, 32)), "q8_0"))[0, :3]
-        array([1., 1., 1.], dtype=float32)
+        >>> w = np.linspace(-1, 1, 8 * 32, dtype=np.float32).reshape(8, 32)
+        >>> w2 = iqkq.dequantize(iqkq.quantize(w, "q8_0"))
+        >>> w2.shape, w2.dtype
+        ((8, 32), dtype('float32'))
+        >>> bool(np.abs(w2 - w).max() < 0.01)
+        True
     """
+    if isinstance(q, RawTensor):
+        f = q._float32()
+        if f is not None:
+            return f
+        kv = q._kernel_view()
+        if kv is None:
+            raise q.unsupported("q")
+        return dequantize(kv, threads=threads).reshape(q.shape)
+    if not isinstance(q, QuantizedTensor) and (isinstance(q, np.ndarray) or np.isscalar(q)):
+        a = np.asarray(q)
+        if a.dtype.kind != "f" and not _is_bfloat16(a.dtype):
+            raise TypeError(f"q must be a QuantizedTensor, a RawTensor or a float array, got an array of dtype {a.dtype}")
+        return _as_float32(a, "q")
     q = _require_qt(q, "q")
     nthreads = _check_threads(threads)
     t = q.type_info
