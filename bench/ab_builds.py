@@ -25,8 +25,7 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
-import iqkq  # noqa: E402  (for quantization and the type table only)
+import iqkq  # noqa: E402  (the installed package: quantization and the type table only)
 
 
 def load(path, tag, tmp):
