@@ -198,11 +198,13 @@ def test_gguf_weights(tmp_path, monkeypatch):
     assert [r["type"] for r in m.records] == ["iq4_ks", "q8_0"]
 
     # What load returns for tensors it cannot give as floats is skipped with a note.
-    fake = {"odd": object(), "bits": np.zeros((4, 256), np.uint16), "w": w}
+    fake = {"odd": object(), "bits": np.zeros((4, 256), np.uint16), "raw": np.zeros(210, np.uint8), "w": w,
+            "norm": np.ones(256, np.float32)}
     monkeypatch.setattr(iqkq.gguf, "load", lambda p: (fake, {}))
     mats, notes = qmap.gguf_weights("any")
     assert list(mats) == ["w"]
-    assert any("skipped 2 tensor(s)" in n and "odd" in n and "bits" in n for n in notes)
+    assert any("skipped 3 tensor(s)" in n and "odd" in n and "bits" in n and "raw" in n for n in notes)
+    assert any(n.startswith("1 1-D tensor(s)") for n in notes)
 
 
 def test_library_errors():
@@ -306,3 +308,18 @@ def test_cli_bench_is_the_speed_columns(capsys):
 def test_doctests():
     r = doctest.testmod(qmap, extraglobs={"iqkq": iqkq, "np": np})
     assert r.attempted > 0 and r.failed == 0
+
+
+def test_cli_gguf_and_imatrix(capsys, tmp_path):
+    w = qmap.synthetic_weights(32, 256)
+    path = tmp_path / "m.gguf"
+    iqkq.gguf.save(str(path), {"blk.0.attn_q.weight": iqkq.quantize(w, "iq4_ks"), "blk.0.ffn_up.weight": w},
+                   {"general.architecture": "llama"})
+    np.save(tmp_path / "im.npy", np.linspace(1, 2, 256).astype(np.float32))
+    rc, out, err = _run(capsys, "map", "--gguf", str(path), "--tensor", "attn", "--imatrix", str(tmp_path / "im.npy"),
+                        "--types", "q8_0", "iq3_xxs", "--accuracy-only", "--no-progress")
+    assert rc == 0, err
+    assert "# weights: m.gguf: blk.0.attn_q.weight 32x256" in out and "imatrix: " + str(tmp_path / "im.npy") in out
+    rows = [ln.split()[0] for ln in out.splitlines() if ln.startswith(("q8_0", "iq3_xxs"))]
+    assert rows == ["iq3_xxs", "q8_0"]
+    assert "(imatrix-weighted)" in out

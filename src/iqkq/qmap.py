@@ -165,11 +165,12 @@ def gguf_weights(path: str, tensor: Optional[str] = None, *, max_tensors: int = 
         if shape is None:
             skipped_other.append(f"{name} ({type(t).__name__})")
             continue
+        if isinstance(t, np.ndarray) and t.dtype.kind != "f" and t.dtype.name != "bfloat16":
+            # e.g. the raw bytes of a type iqkq has no kernels for, or bf16 bits
+            skipped_other.append(f"{name} (dtype {t.dtype}: not a float or iqkq type)")
+            continue
         if len(shape) < 2:
             small += 1
-            continue
-        if isinstance(t, np.ndarray) and t.dtype.kind != "f" and t.dtype.name != "bfloat16":
-            skipped_other.append(f"{name} (dtype {t.dtype}: not a float or iqkq type)")
             continue
         names.append(name)
     if small:
