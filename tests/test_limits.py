@@ -125,6 +125,14 @@ def test_cold_copies_are_distinct_and_large_enough():
     assert all(c == q for c in cs)
 
 
+def test_numpy_cold_copies_are_copies():
+    wT = np.ones((256, 64), np.float32)
+    cs = _bench.numpy_cold_copies(wT, 200_000)
+    assert len(cs) >= 2 and sum(c.nbytes for c in cs) > 200_000
+    assert not any(np.shares_memory(a, b) for i, a in enumerate([wT] + cs) for b in ([wT] + cs)[i + 1:])
+    assert all(c.flags.c_contiguous and np.array_equal(c, wT) for c in cs)
+
+
 def test_doctests():
     r = doctest.testmod(L, extraglobs={"iqkq": iqkq, "np": np})
     assert r.attempted > 0 and r.failed == 0

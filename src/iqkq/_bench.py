@@ -168,6 +168,14 @@ def cold_copies(q: "iqkq.QuantizedTensor", cold_bytes: int = 256 << 20) -> List[
     return [iqkq.QuantizedTensor(q.data.copy(), q.qtype, q.shape) for _ in range(ncopy)]
 
 
+def numpy_cold_copies(wT: np.ndarray, cold_bytes: int = 256 << 20) -> List[np.ndarray]:
+    """Independent copies of the float32 matrix wT that together exceed ``cold_bytes`` (at
+    least 2), for the numpy peer of a cold figure. (``np.ascontiguousarray`` of a contiguous
+    array is the array itself, not a copy: a rotation over such "copies" is a hot loop.)"""
+    ncopy = max(2, -(-int(cold_bytes) // max(1, wT.nbytes)) + 1)
+    return [wT.copy(order="C") for _ in range(ncopy)]
+
+
 def time_cold(q: "iqkq.QuantizedTensor", x1: np.ndarray, threads: int, *, cold_bytes: int = 256 << 20,
               rounds: int = 3, copies: Optional[List] = None) -> float:
     """Seconds per N=1 call of iqkq.matmul with W from DRAM (rotation over cold copies)."""
@@ -225,8 +233,7 @@ def matmul_sweep(type_names: List[str], Ns: List[int], threads_list: List[int], 
 
     def np_cold(th):
         if not np_cold_copies:
-            ncopy = max(2, -(-cold_bytes // wf.nbytes) + 1)
-            np_cold_copies.extend(np.ascontiguousarray(wT) for _ in range(ncopy))
+            np_cold_copies.extend(numpy_cold_copies(wT, cold_bytes))
         return time_numpy_cold(np_cold_copies, xs[1][0], th)
 
     for name in type_names:

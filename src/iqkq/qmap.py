@@ -716,8 +716,7 @@ def quant_map(types: Optional[Sequence[Union[str, int, TypeInfo]]] = None,
                 ts = _bench.time_cold(q_speed, xs[1][0], threads, copies=copies, rounds=cold_rounds)
                 del copies
                 if not np_cold:
-                    ncopy = max(2, -(-cold_bytes // wT.nbytes) + 1)
-                    np_cold.extend(np.ascontiguousarray(wT) for _ in range(ncopy))
+                    np_cold.extend(_bench.numpy_cold_copies(wT, cold_bytes))
                 tn = _bench.time_numpy_cold(np_cold, xs[1][0], threads, rounds=cold_rounds)
                 rec["tg_gbps"] = q_speed.nbytes / ts / 1e9
                 rec["tg_model_gb"] = model_gb if model_gb is not None else model_params * bpw / 8 / 1e9
@@ -846,7 +845,7 @@ def _numpy_lines(npd: Dict[str, Any], settings: Dict[str, Any]) -> List[str]:
         return []
     count = len(pp.get("paired") or [])
     line = f"{'numpy f32':<11} {32.0:>6.2f}  " + ", ".join(parts)
-    line += f"  (median of its {count} pairings"
+    line += f"  (median of its {count} pairing{'s' if count != 1 else ''}"
     if pp.get("min") is not None and count > 1:
         line += f"; PP ranged {pp['min']:.0f}-{pp['max']:.0f}"
     return [line + ")"]
