@@ -56,6 +56,12 @@ def test_peaks_and_bandwidth_positive():
         assert L.fma_peak(s, threads=2, seconds=0.002, repeats=1) > 0
 
 
+def test_read_pass():
+    assert L.read_pass(np.ones(4 << 20, np.uint8), 2) > 0
+    with pytest.raises(TypeError, match="uint8"):
+        L.read_pass(np.ones(1024, np.float32))
+
+
 def test_limits_errors():
     with pytest.raises(ValueError, match="scalar kernel set has no int8"):
         L.int8_peak("scalar")

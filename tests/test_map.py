@@ -54,10 +54,17 @@ def test_map_covers_every_type_with_sane_values(full_map):
         t = iqkq.type_info(r["type"])
         assert r["bpw"] == pytest.approx(t.bpw(512)) and r["bytes"] == t.row_bytes(512) * 64
         assert 0 < r["rms_rel"] < 0.5 and 0 < r["matmul_err_tg"] < 0.5 and 0 < r["matmul_err_pp"] < 0.5
-        for k in ("tg_gbps", "tg_tok_s", "tg_numpy_gbps", "pp_gflops", "pp_numpy_gflops", "tg_frac_bw"):
+        for k in ("tg_gbps", "tg_tok_s", "tg_numpy_gbps", "pp_gflops", "pp_numpy_gflops", "tg_frac_bw",
+                  "tg_read_gbps"):
             assert r[k] > 0 and np.isfinite(r[k])
         assert r["tg_model_gb"] == pytest.approx(8e9 * r["bpw"] / 8 / 1e9)
         assert r["tg_tok_s"] == pytest.approx(r["tg_gbps"] / r["tg_model_gb"])
+        # the limits a fraction refers to: never below the figure measured at start
+        assert r["tg_read_gbps"] >= m.machine["limits"]["read_gbps"]["2"]
+        assert r["tg_frac_bw"] == pytest.approx(r["tg_gbps"] / r["tg_read_gbps"])
+        if iqkq.isa() != "scalar":
+            assert r["pp_peak_gops"] >= m.machine["limits"]["int8_gops"][iqkq.isa()]["2"]
+            assert r["pp_frac_peak"] == pytest.approx(r["pp_gflops"] / r["pp_peak_gops"])
         assert r["pp_tok_s_per_bparam"] == pytest.approx(r["pp_gflops"] / 2)
         assert r["pp_vs_numpy"] == pytest.approx(r["pp_gflops"] / r["pp_numpy_gflops"])
         assert set(r["hot"]) == {"2"} and r["hot"]["2"] > 0

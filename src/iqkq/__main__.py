@@ -255,7 +255,11 @@ def main(argv=None) -> int:
             env = dict(os.environ, OPENBLAS_THREAD_TIMEOUT="4")
             os.execve(sys.executable, [sys.executable, "-m", "iqkq", *sys.argv[1:]], env)
         sub = p._subparsers._group_actions[0].choices[args.cmd]
-        return _map(sub, args, bench=args.cmd == "bench")
+        try:
+            return _map(sub, args, bench=args.cmd == "bench")
+        except KeyboardInterrupt:
+            print(f"{PROG} {args.cmd}: interrupted", file=sys.stderr)
+            return 130
     if args.cmd == "info":
         return _info(args)
     p.print_help()

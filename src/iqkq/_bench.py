@@ -190,13 +190,16 @@ def time_numpy_cold(wT_copies: List[np.ndarray], x1: np.ndarray, threads: int, *
 
 
 def time_hot_pair(q: "iqkq.QuantizedTensor", x: np.ndarray, wT: np.ndarray, threads: int, *,
-                  min_time: float = 0.3, min_rounds: int = 5) -> "tuple[float, float, bool]":
+                  min_time: float = 0.3, min_rounds: int = 5,
+                  also: Optional[Callable[[], object]] = None) -> "tuple[float, float, bool]":
     """(iqkq seconds, numpy seconds, numpy threads limited?) of one hot matmul cell: the
-    same W every call, iqkq.matmul and numpy float32 ``x @ W.T`` timed alternately."""
+    same W every call, iqkq.matmul and numpy float32 ``x @ W.T`` timed alternately.
+    ``also`` is called in each round too (e.g. an :class:`iqkq.limits.Int8Runner`, so the
+    limit is measured at the same moments)."""
+    fns = [lambda: iqkq.matmul(q, x, threads=threads), lambda: x @ wT] + ([also] if also is not None else [])
     with blas_threads(threads) as ok:
-        t, tn = interleaved_times([lambda: iqkq.matmul(q, x, threads=threads), lambda: x @ wT],
-                                  min_time=min_time, min_rounds=min_rounds)
-    return t, tn, ok
+        times = interleaved_times(fns, min_time=min_time, min_rounds=min_rounds)
+    return times[0], times[1], ok
 
 
 def frac(value: Optional[float], limit: Optional[float]) -> Optional[float]:

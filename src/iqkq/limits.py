@@ -37,7 +37,8 @@ import numpy as np
 from . import _core
 from .ops import get_num_threads, isa as _active_isa
 
-__all__ = ["Limits", "kernel_sets", "buffer_bytes", "read_bandwidth", "int8_peak", "fma_peak", "measure"]
+__all__ = ["Limits", "Int8Runner", "kernel_sets", "buffer_bytes", "read_bandwidth", "read_pass", "int8_peak",
+           "fma_peak", "measure"]
 
 #: What each kernel set's int8 / FMA microkernel runs (for labels).
 INT8_KERNEL = {"avx2": "VPMADDUBSW+VPMADDWD ymm", "avx512": "VPDPBUSD zmm (VNNI)"}
@@ -110,7 +111,7 @@ def read_bandwidth(threads: int = 1, *, nbytes: Optional[int] = None, repeats: i
     return max(_read_passes(_buffer(nbytes), threads, repeats))
 
 
-def _peak(fn, kind: str, isa: Optional[str], threads: int, seconds: float, repeats: int) -> float:
+def _check_set(kind: str, isa: Optional[str]) -> str:
     name = _active_isa() if isa is None else str(isa)
     if name not in ("avx2", "avx512"):
         if name == "scalar":
@@ -118,21 +119,66 @@ def _peak(fn, kind: str, isa: Optional[str], threads: int, seconds: float, repea
         raise ValueError(f"unknown kernel set {name!r}; expected 'avx2' or 'avx512'")
     if not _core.isa_supported(name):
         raise ValueError(f"this CPU does not support the {name!r} kernel set")
-    threads = _check_threads(threads)
-    if seconds <= 0 or repeats < 1:
-        raise ValueError("seconds must be > 0 and repeats >= 1")
-    # Calibrate the iteration count on a short run, then time runs of about `seconds`.
+    return name
+
+
+def _calibrate(fn, name: str, threads: int, seconds: float) -> int:
+    """Iterations for runs of about ``seconds`` (from short calibration runs)."""
+    if not seconds > 0:
+        raise ValueError(f"seconds must be > 0, got {seconds}")
     iters = 20000
-    s, ops, _ = fn(name, iters, threads)
+    s, _, _ = fn(name, iters, threads)
     while s < 2e-3 and iters < (1 << 40):
         iters *= 8
-        s, ops, _ = fn(name, iters, threads)
-    iters = max(1, int(iters * seconds / s))
+        s, _, _ = fn(name, iters, threads)
+    return max(1, int(iters * seconds / s))
+
+
+def _peak(fn, kind: str, isa: Optional[str], threads: int, seconds: float, repeats: int) -> float:
+    name = _check_set(kind, isa)
+    threads = _check_threads(threads)
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    iters = _calibrate(fn, name, threads, seconds)
     best = 0.0
     for _ in range(repeats):
         s, ops, _ = fn(name, iters, threads)
         best = max(best, ops / s / 1e9)
     return best
+
+
+class Int8Runner:
+    """One run of the int8 peak kernel per call, for timing it alternately with other work
+    (so that a limit and the figure divided by it come from the same moments of a shared
+    machine). ``best`` is the highest GOPS seen so far.
+
+    Example:
+        >>> import iqkq.limits as L
+        >>> if L.kernel_sets():
+        ...     r = L.Int8Runner(L.kernel_sets()[0], seconds=0.002)
+        ...     gops = [r() for _ in range(3)]
+        ...     assert r.best == max(gops) > 0
+    """
+
+    def __init__(self, isa: Optional[str] = None, threads: int = 1, *, seconds: float = 0.03):
+        self.isa = _check_set("int8", isa)
+        self.threads = _check_threads(threads)
+        self._iters = _calibrate(_core.limits_int8, self.isa, self.threads, seconds)
+        self.best = 0.0
+
+    def __call__(self) -> float:
+        s, ops, _ = _core.limits_int8(self.isa, self._iters, self.threads)
+        g = ops / s / 1e9
+        self.best = max(self.best, g)
+        return g
+
+
+def read_pass(buf: np.ndarray, threads: int = 1) -> float:
+    """GB/s of one pass over ``buf`` (a uint8 array) on ``threads`` threads, the better of
+    the read loops the CPU has."""
+    if not (isinstance(buf, np.ndarray) and buf.dtype == np.uint8 and buf.flags.c_contiguous):
+        raise TypeError("buf must be a C-contiguous uint8 numpy array")
+    return _read_passes(buf, _check_threads(threads), 1)[0]
 
 
 def int8_peak(isa: Optional[str] = None, threads: int = 1, *, seconds: float = 0.05, repeats: int = 3) -> float:
@@ -213,6 +259,8 @@ def measure(threads: Optional[Sequence[int]] = None, *, nbytes: Optional[int] = 
         isas: kernel sets for the peaks (default: all the CPU has).
     """
     ths = sorted({_check_threads(t) for t in (threads if threads is not None else (1, get_num_threads()))})
+    if not seconds > 0:
+        raise ValueError(f"seconds must be > 0, got {seconds}")
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     buf = _buffer(nbytes)
