@@ -10,6 +10,7 @@
 #include <string>
 
 #include "gemm.h"
+#include "machine_limits.h"
 #include "threads.h"
 #include "types.h"
 
@@ -135,6 +136,36 @@ PYBIND11_MODULE(_core, m) {
         set_active_isa(isa);
     });
     m.def("available_cpus", &available_cpus);
+    // Machine-limit microkernels (machine_limits.h): (seconds, bytes or operations, checksum).
+    m.def("limits_read", [](const std::string& isa, const py::array& buf, int nthreads) {
+        const IsaIndex i = isa_by_name(isa);
+        const uint8_t* p = in_ptr<uint8_t>(buf, (size_t)buf.nbytes(), "buf");
+        const size_t n = (size_t)buf.nbytes();
+        limits::Timing t;
+        {
+            py::gil_scoped_release nogil;
+            t = limits::time_read(i, p, n, nthreads);
+        }
+        return py::make_tuple(t.seconds, t.work, t.checksum);
+    });
+    m.def("limits_int8", [](const std::string& isa, int64_t iters, int nthreads) {
+        const IsaIndex i = isa_by_name(isa);
+        limits::Timing t;
+        {
+            py::gil_scoped_release nogil;
+            t = limits::time_int8(i, iters, nthreads);
+        }
+        return py::make_tuple(t.seconds, t.work, t.checksum);
+    });
+    m.def("limits_fma", [](const std::string& isa, int64_t iters, int nthreads) {
+        const IsaIndex i = isa_by_name(isa);
+        limits::Timing t;
+        {
+            py::gil_scoped_release nogil;
+            t = limits::time_fma(i, iters, nthreads);
+        }
+        return py::make_tuple(t.seconds, t.work, t.checksum);
+    });
 
     m.def("quantize", [](int type, const py::array& src, py::array& dst, int64_t rows, int64_t K,
                          const py::object& imatrix, int nthreads) {

@@ -8,7 +8,8 @@ Quick start::
     y = iqkq.matmul(q, np.ones((8, 4096), np.float32))   # (8, 4096) = x @ W.T
     w2 = iqkq.dequantize(q)
 
-See ``iqkq.types()`` for the supported types.
+See ``iqkq.types()`` for the supported types and ``iqkq.quant_map()`` (``python -m iqkq map``)
+for the size, accuracy and speed of each on this CPU.
 """
 from ._types import TypeInfo, type_info, types
 from .ops import (
@@ -24,6 +25,8 @@ from .ops import (
     set_num_threads,
 )
 from .tensor import QuantizedTensor, RawTensor
+from . import limits, qmap  # noqa: E402  (machine limits; the quant map)
+from .qmap import quant_map  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -37,6 +40,7 @@ __all__ = [
     "isa",
     "matmul",
     "moe_up_gate",
+    "quant_map",
     "quantize",
     "repack",
     "set_isa",

@@ -158,11 +158,65 @@ def torch_peers(wf: np.ndarray):
     return peers
 
 
+# ----------------------------------------------------------------------------- matmul cells
+# The one timing core: bench/matmul.py and `python -m iqkq map` / `bench` measure every
+# matmul figure with these functions.
+def cold_copies(q: "iqkq.QuantizedTensor", cold_bytes: int = 256 << 20) -> List["iqkq.QuantizedTensor"]:
+    """Copies of q that together exceed ``cold_bytes`` (at least 2): rotating over them makes
+    every call read its weights from DRAM, as token generation does."""
+    ncopy = max(2, -(-int(cold_bytes) // max(1, q.nbytes)) + 1)
+    return [iqkq.QuantizedTensor(q.data.copy(), q.qtype, q.shape) for _ in range(ncopy)]
+
+
+def numpy_cold_copies(wT: np.ndarray, cold_bytes: int = 256 << 20) -> List[np.ndarray]:
+    """Independent copies of the float32 matrix wT that together exceed ``cold_bytes`` (at
+    least 2), for the numpy peer of a cold figure. (``np.ascontiguousarray`` of a contiguous
+    array is the array itself, not a copy: a rotation over such "copies" is a hot loop.)"""
+    ncopy = max(2, -(-int(cold_bytes) // max(1, wT.nbytes)) + 1)
+    return [wT.copy(order="C") for _ in range(ncopy)]
+
+
+def time_cold(q: "iqkq.QuantizedTensor", x1: np.ndarray, threads: int, *, cold_bytes: int = 256 << 20,
+              rounds: int = 3, copies: Optional[List] = None) -> float:
+    """Seconds per N=1 call of iqkq.matmul with W from DRAM (rotation over cold copies)."""
+    cs = copies if copies is not None else cold_copies(q, cold_bytes)
+    return cold_rotation_time([(lambda c=c: iqkq.matmul(c, x1, threads=threads)) for c in cs], rounds=rounds)
+
+
+def time_numpy_cold(wT_copies: List[np.ndarray], x1: np.ndarray, threads: int, *, rounds: int = 3) -> float:
+    """Seconds per N=1 numpy float32 x @ W.T with W from DRAM (rotation over the copies)."""
+    with blas_threads(threads):
+        return cold_rotation_time([(lambda c=c: x1 @ c) for c in wT_copies], rounds=rounds)
+
+
+def time_hot_pair(q: "iqkq.QuantizedTensor", x: np.ndarray, wT: np.ndarray, threads: int, *,
+                  min_time: float = 0.3, min_rounds: int = 5,
+                  also: Optional[Callable[[], object]] = None) -> "tuple[float, float, bool]":
+    """(iqkq seconds, numpy seconds, numpy threads limited?) of one hot matmul cell: the
+    same W every call, iqkq.matmul and numpy float32 ``x @ W.T`` timed alternately.
+    ``also`` is called in each round too (e.g. an :class:`iqkq.limits.Int8Runner`, so the
+    limit is measured at the same moments)."""
+    fns = [lambda: iqkq.matmul(q, x, threads=threads), lambda: x @ wT] + ([also] if also is not None else [])
+    with blas_threads(threads) as ok:
+        times = interleaved_times(fns, min_time=min_time, min_rounds=min_rounds)
+    return times[0], times[1], ok
+
+
+def frac(value: Optional[float], limit: Optional[float]) -> Optional[float]:
+    """value / limit, or None when either is unknown."""
+    return None if value is None or not limit else value / limit
+
+
 # ----------------------------------------------------------------------------- matmul sweep
 def matmul_sweep(type_names: List[str], Ns: List[int], threads_list: List[int], rows: int, K: int, *,
                  cold: bool = True, cold_bytes: int = 256 << 20, seed: int = 0,
-                 log: Optional[Callable[[str], None]] = print, min_time: float = 0.3, torch: bool = False) -> List[Dict]:
-    """Time iqkq.matmul for each type / N / thread count beside numpy float32 x @ W.T."""
+                 log: Optional[Callable[[str], None]] = print, min_time: float = 0.3, torch: bool = False,
+                 limits=None) -> List[Dict]:
+    """Time iqkq.matmul for each type / N / thread count beside numpy float32 x @ W.T.
+
+    ``limits`` (an :class:`iqkq.limits.Limits`) adds each cell's fraction of the machine
+    limit: N=1 cold GB/s of weights / streaming read bandwidth, N >= 32 GOPS / int8 peak of
+    the active kernel set (same thread count)."""
     rng = np.random.default_rng(seed)
     wf = rng.standard_normal((rows, K), dtype=np.float32)
     xs = {N: rng.standard_normal((N, K), dtype=np.float32) for N in Ns}
@@ -172,6 +226,7 @@ def matmul_sweep(type_names: List[str], Ns: List[int], threads_list: List[int], 
     wT = np.ascontiguousarray(wf.T)
     np_cold_copies: List[np.ndarray] = []
     ok_all = True
+    active = iqkq.isa()
 
     def np_hot(N, th):
         nonlocal ok_all
@@ -181,43 +236,43 @@ def matmul_sweep(type_names: List[str], Ns: List[int], threads_list: List[int], 
 
     def np_cold(th):
         if not np_cold_copies:
-            ncopy = max(2, -(-cold_bytes // wf.nbytes) + 1)
-            np_cold_copies.extend(np.ascontiguousarray(wT) for _ in range(ncopy))
-        x1 = xs[1][0]
-        with blas_threads(th):
-            return cold_rotation_time([(lambda c=c: x1 @ c) for c in np_cold_copies])
+            np_cold_copies.extend(numpy_cold_copies(wT, cold_bytes))
+        return time_numpy_cold(np_cold_copies, xs[1][0], th)
 
     for name in type_names:
         q = iqkq.quantize(wf, name)
         for th in threads_list:
             for N in Ns:
-                with blas_threads(th):
-                    t, tn = interleaved_times([lambda: iqkq.matmul(q, xs[N], threads=th), lambda: xs[N] @ wT],
-                                              min_time=min_time)
+                t, tn, ok = time_hot_pair(q, xs[N], wT, th, min_time=min_time)
+                ok_all &= ok
                 r = dict(type=name, mode="hot", N=N, threads=th, rows=rows, K=K,
                          iqkq_gflops=gflops(rows, K, N, t), numpy_gflops=gflops(rows, K, N, tn),
                          iqkq_s=t, numpy_s=tn)
                 r["ratio"] = r["iqkq_gflops"] / r["numpy_gflops"]
+                lim = limits.int8(active, th) if (limits is not None and N >= 32) else None
+                r["frac_of_limit"] = frac(r["iqkq_gflops"], lim)
+                r["limit"] = f"int8 peak {active}" if lim else None
                 results.append(r)
                 if log:
+                    fl = f"   {100 * r['frac_of_limit']:5.1f} % of int8 peak" if lim else ""
                     log(f"{name:>10} hot  N={N:<4d} t={th}  iqkq {r['iqkq_gflops']:8.1f} GFLOPS   "
-                        f"numpy f32 {r['numpy_gflops']:7.1f}   ratio {r['ratio']:6.2f}")
+                        f"numpy f32 {r['numpy_gflops']:7.1f}   ratio {r['ratio']:6.2f}{fl}")
             if cold and 1 in Ns:
-                ncopy = max(2, -(-cold_bytes // q.nbytes) + 1)
-                copies = [iqkq.QuantizedTensor(q.data.copy(), name, q.shape) for _ in range(ncopy)]
-                x1 = xs[1][0]
-                t = cold_rotation_time([(lambda c=c: iqkq.matmul(c, x1, threads=th)) for c in copies])
-                del copies
+                t = time_cold(q, xs[1][0], th, cold_bytes=cold_bytes)
                 tn = np_cold(th)
                 r = dict(type=name, mode="cold", N=1, threads=th, rows=rows, K=K, iqkq_s=t, numpy_s=tn,
                          iqkq_gbps=q.nbytes / t / 1e9, numpy_gbps=wf.nbytes / tn / 1e9,
                          iqkq_gflops=gflops(rows, K, 1, t), numpy_gflops=gflops(rows, K, 1, tn))
                 r["ratio"] = r["iqkq_gflops"] / r["numpy_gflops"]
+                lim = limits.read(th) if limits is not None else None
+                r["frac_of_limit"] = frac(r["iqkq_gbps"], lim)
+                r["limit"] = "streaming read" if lim else None
                 results.append(r)
                 if log:
+                    fl = f"   {100 * r['frac_of_limit']:5.1f} % of read bandwidth" if lim else ""
                     log(f"{name:>10} cold N=1    t={th}  iqkq {r['iqkq_gbps']:6.2f} GB/s of weights "
                         f"({r['iqkq_gflops']:5.1f} GFLOPS)   numpy f32 {r['numpy_gbps']:6.2f} GB/s "
-                        f"({r['numpy_gflops']:5.1f} GFLOPS)   weights/s ratio {r['ratio']:5.2f}")
+                        f"({r['numpy_gflops']:5.1f} GFLOPS)   weights/s ratio {r['ratio']:5.2f}{fl}")
     # Torch last: its OpenMP workers keep spinning after its calls and would slow the next
     # figures (measured: q8_0 N=1..8 one thread 30 % low right after the torch peers).
     if torch:
