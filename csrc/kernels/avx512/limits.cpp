@@ -10,6 +10,24 @@
 namespace iqkq {
 namespace limits {
 
+// Lane sums in unsigned arithmetic (wrapping is the intent: these are checksums).
+// _mm512_reduce_add_epi64/epi32 add as signed long long / int in GCC's headers, which is
+// undefined on overflow (UBSan flags it).
+static uint64_t lane_sum_u64(__m512i v) {
+    alignas(64) uint64_t l[8];
+    _mm512_store_si512(l, v);
+    uint64_t s = 0;
+    for (uint64_t x : l) s += x;
+    return s;
+}
+static uint32_t lane_sum_u32(__m512i v) {
+    alignas(64) uint32_t l[16];
+    _mm512_store_si512(l, v);
+    uint32_t s = 0;
+    for (uint32_t x : l) s += x;
+    return s;
+}
+
 uint64_t read_avx512(const uint8_t* p, size_t n) {
     __m512i s0 = _mm512_setzero_si512(), s1 = s0;
     for (size_t i = 0; i < n; i += 256) {
@@ -17,7 +35,7 @@ uint64_t read_avx512(const uint8_t* p, size_t n) {
         s0 = _mm512_add_epi64(s0, _mm512_add_epi64(_mm512_loadu_si512(q), _mm512_loadu_si512(q + 64)));
         s1 = _mm512_add_epi64(s1, _mm512_add_epi64(_mm512_loadu_si512(q + 128), _mm512_loadu_si512(q + 192)));
     }
-    return (uint64_t)_mm512_reduce_add_epi64(_mm512_add_epi64(s0, s1));
+    return lane_sum_u64(_mm512_add_epi64(s0, s1));
 }
 
 // Sixteen independent VPDPBUSD chains on ZMM (latency ~5, up to two per cycle: 10 hide it).
@@ -37,7 +55,7 @@ uint64_t int8_avx512(int64_t iters) {
                                         _mm512_add_epi32(_mm512_add_epi32(c4, c5), _mm512_add_epi32(c6, c7)));
     const __m512i s1 = _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(c8, c9), _mm512_add_epi32(c10, c11)),
                                         _mm512_add_epi32(_mm512_add_epi32(c12, c13), _mm512_add_epi32(c14, c15)));
-    return (uint32_t)_mm512_reduce_add_epi32(_mm512_add_epi32(s0, s1));
+    return lane_sum_u32(_mm512_add_epi32(s0, s1));
 }
 #undef IQKQ_DP
 
