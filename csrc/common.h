@@ -1,5 +1,5 @@
 // Portable scalar helpers shared by every format: IEEE half / bfloat16 conversion, the
-// rounding functions of the format specification (FORMATS.md §0), and small utilities.
+// rounding functions of the format specification (docs/formats.md §0), and small utilities.
 //
 // Everything here is plain C++ with no ISA-specific intrinsics, so the scalar reference
 // kernels built from it run on any CPU. The AVX2 kernels reproduce the same arithmetic with
@@ -99,7 +99,7 @@ static inline int trunc_int(float v) {
     return (int)v;
 }
 
-// The horizontal sum of eight lanes used by all 8-lane kernels (FORMATS.md §11.3, H8).
+// The horizontal sum of eight lanes used by all 8-lane kernels (docs/formats.md §11.3, H8).
 static inline float hsum8(const float a[8]) {
     const float s04 = a[0] + a[4], s26 = a[2] + a[6], s15 = a[1] + a[5], s37 = a[3] + a[7];
     return (s04 + s26) + (s15 + s37);

@@ -27,7 +27,7 @@ void dequantize(int type, const uint8_t* src, float* dst, int64_t rows, int64_t 
 void repack(int from, int to, const uint8_t* src, uint8_t* dst, int64_t rows, int64_t K, int nthreads);
 
 // ik_llama.cpp's large-batch conversion of `rows` rows (multiple of 8) of `type` to its
-// large-batch type (FORMATS.md §11.4; lossy for iq4_ks / iq3_xxs, a permutation for q8_0).
+// large-batch type (docs/formats.md §11.4; lossy for iq4_ks / iq3_xxs, a permutation for q8_0).
 void convert_large_batch(int type, const uint8_t* src, uint8_t* dst, int64_t rows, int64_t K, int nthreads);
 
 // Whether the type has a large-batch conversion with kernels in this build.

@@ -181,7 +181,7 @@ constexpr size_t act_row_bytes(ActIndex a, int64_t K) {
 // Unary ops of the fused up+gate op (values = ggml's enum ggml_unary_op).
 enum UnaryOp : int { OP_RELU = 6, OP_SILU = 10, OP_GELU = 15 };
 
-// y[i] = clampU(u[i]) * min(act(g[i]), limit) for i < n (FORMATS.md §12.1). Elements with
+// y[i] = clampU(u[i]) * min(act(g[i]), limit) for i < n (docs/formats.md §12.1). Elements with
 // i < simd_count use ik_llama.cpp's 8-lane formulas (v_expf), the rest its scalar libm
 // formulas; limit <= 1e-6 means no limit.
 using FusedActFn = void (*)(const float* g, const float* u, float* y, int64_t n, int64_t simd_count, int op,

@@ -1,4 +1,4 @@
-// The activation arithmetic of the fused up+gate op (FORMATS.md §12.1, §12.3), shared by the
+// The activation arithmetic of the fused up+gate op (docs/formats.md §12.1, §12.3), shared by the
 // scalar file and the AVX2 file (for its scalar tail).
 #pragma once
 #include <cmath>
@@ -10,7 +10,7 @@
 namespace iqkq {
 namespace unary {
 
-// Constants of ik_llama.cpp's 8-lane exp (binary32 bit patterns, FORMATS.md §12.3).
+// Constants of ik_llama.cpp's 8-lane exp (binary32 bit patterns, docs/formats.md §12.3).
 constexpr uint32_t kR = 0x4B400000u, kL2E = 0x3FB8AA3Bu, kC1 = 0x3F317200u, kC2 = 0x35BFBE8Eu;
 constexpr uint32_t kP1 = 0x3F7FFFF6u, kP2 = 0x3EFFFEDBu, kP3 = 0x3E2AAF33u, kP4 = 0x3D2B9F17u, kP5 = 0x3C072010u;
 

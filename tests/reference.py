@@ -1,4 +1,4 @@
-"""Independent numpy models used by the property tests (written from FORMATS.md, not from
+"""Independent numpy models used by the property tests (written from docs/formats.md, not from
 the C++ code): q8_0 reference quantization (§2.3), q8_2_x4 activations (§10.2)."""
 import numpy as np
 

@@ -8,7 +8,7 @@
   +-db * g with g in the grid magnitudes, even sign parity per group of 8, error bounds;
 * the defined behaviour of 32-blocks with all-zero importance weights (see below);
 * iq3_xxs <-> iq3_xxs_r4 repacking and the QHelper preprocessing of iq3_xxs_r4;
-* the large-batch conversion to q8_k_r8 (FORMATS.md §11.4), checked against the oracle with a
+* the large-batch conversion to q8_k_r8 (docs/formats.md §11.4), checked against the oracle with a
   numpy model of the q8_k_r8 kernel (C);
 * bad input.
 
@@ -210,7 +210,7 @@ def test_dequantize_random_bytes_scalar_avx2(qtype):
 
 def dequant_model(data, rows, K):
     """numpy model of the iq3_xxs dequantization structure: returns db per 32-block (f32,
-    FORMATS.md §8.2) and the sign masks, from the bytes."""
+    docs/formats.md §8.2) and the sign masks, from the bytes."""
     nbl = K // 256
     blk = data.reshape(rows, nbl, 98)
     d = blk[:, :, 0:2].copy().view(np.float16).astype(np.float32)[:, :, 0]
@@ -416,7 +416,7 @@ def test_repack_roundtrip_and_equivalence(isa):
 
 
 def test_r4_layout_worked_example():
-    """FORMATS.md §9.1: sas word with s = (1, 0, 3, 127), sc = 10 -> bytes FE 01 02 AB."""
+    """docs/formats.md §9.1: sas word with s = (1, 0, 3, 127), sc = 10 -> bytes FE 01 02 AB."""
     K = 256
     blk = bytearray(98)
     blk[0:2] = np.float16(1.0).tobytes()
@@ -584,7 +584,7 @@ def test_thread_determinism(qtype):
 
 # ----------------------------------------------------------------------------- q8_k_r8 conversion
 def decode_q8_k_r8(data, rows, K):
-    """numpy decoder of q8_k_r8 (FORMATS.md §5): fp16 d[8] + qs[32m + 4r + j] = q_r[4m + j]."""
+    """numpy decoder of q8_k_r8 (docs/formats.md §5): fp16 d[8] + qs[32m + 4r + j] = q_r[4m + j]."""
     nbl = K // 256
     blk = data.reshape(rows // 8, nbl, 2064)
     d = blk[:, :, :16].copy().view(np.float16).astype(np.float32)  # (groups, nbl, 8)
@@ -642,7 +642,7 @@ def fma_f32(a, b, c):
 
 
 def q8k_r8_kernel(conv, rows, K, act, n):
-    """numpy model of kernel (C), q8_k_r8 x q8_K (FORMATS.md §11.3): per row, per
+    """numpy model of kernel (C), q8_k_r8 x q8_K (docs/formats.md §11.3): per row, per
     super-block, acc = fma(f32(fp16(d_r) * dA), f32(P), acc)."""
     nbl = K // 256
     _, d, qq = decode_q8_k_r8(conv, rows, K)

@@ -17,7 +17,7 @@ from conftest import ISAS, LOCAL, SHARED, load
 TYPES = ["iq4_ks", "iq4_ks_r4"]
 HAVE_AVX2 = "avx2" in ISAS
 
-# iq4k_values (FORMATS.md §6.1): base table, shifted table = base + 4
+# iq4k_values (docs/formats.md §6.1): base table, shifted table = base + 4
 BASE = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.int32)
 TABLES = np.stack([BASE, BASE + 4])
 
@@ -162,8 +162,8 @@ def test_best_index_beyond_int32(isa):
     """ik_llama.cpp's best_index starts with a C (int) cast; on x86 (CVTTSS2SI) a value of
     2^31 or more gives INT32_MIN and thus index 0, not 15. Reachable in pass 2 when a block's
     largest element has zero importance and every block scale of the row is tiny: here
-    idl * x is about 1e12. We reproduce the x86 behaviour (FORMATS.md §6.3 says 15 for all
-    finite x; ik's x86 build, our oracle, gives 0)."""
+    idl * x is about 1e12. We reproduce the x86 behaviour, which ik's x86 build (our oracle)
+    shows (docs/formats.md §6.3 and §14 item 3)."""
     K = 256
     w = np.full((1, K), 1e-10, np.float32)
     w[0, ::32] = 1.0
@@ -180,7 +180,7 @@ def test_best_index_beyond_int32(isa):
 
 
 def test_r4_is_repack_of_plain(isa):
-    """FORMATS.md §7.3 / NOTES.md §6: iq4_ks_r4 applies QHelper like iq4_ks, so the bytes are
+    """docs/formats.md §7.3, §9.3: iq4_ks_r4 applies QHelper like iq4_ks, so the bytes are
     always a permutation of the iq4_ks bytes, even with a degenerate imatrix."""
     w = make_weights("student_t", 16, 768, 5)
     for imat in IMATS:
@@ -204,7 +204,7 @@ def test_repack_round_trip_random_bytes(isa):
     # the same permutation on both ISAs
     assert_same_on_all_isas(lambda: iqkq.repack(q, "iq4_ks_r4").data)
     assert_same_on_all_isas(lambda: iqkq.repack(q4, "iq4_ks").data)
-    # r4 layout spot checks (FORMATS.md §7.1): scales[4b + r], D_r in the group header
+    # r4 layout spot checks (docs/formats.md §7.1): scales[4b + r], D_r in the group header
     src = data.reshape(rows, rb)
     g = q4.data[: 4 * rb]
     assert np.array_equal(g[:16].view(np.float32), src[:4, :4].copy().view(np.float32).ravel())
@@ -222,7 +222,7 @@ def test_repack_round_trip_random_bytes(isa):
 
 # ----------------------------------------------------------------------------- dequantize
 def decode_numpy(data, rows, K):
-    """FORMATS.md §6.2 in numpy: y = f32(f32(D * ls) * T_s[n])."""
+    """docs/formats.md §6.2 in numpy: y = f32(f32(D * ls) * T_s[n])."""
     rb = 4 + 136 * (K // 256)
     r = data.reshape(rows, rb)
     D = r[:, :4].copy().view(np.float32)[:, 0]
@@ -257,7 +257,7 @@ def test_dequantize_structure_and_isas(isa):
        seed=st.integers(0, 10**6), scale=st.sampled_from([1.0, 3e-5, 7e4]))
 def test_quantized_values_structure_and_least_squares(kind, seed, scale):
     """Every decoded value is D * (2c - 127) * T[idx]; without imatrix D is the optimum of
-    sum x^2 (x - D L)^2 for the chosen integers L (FORMATS.md §6.3 pass 2)."""
+    sum x^2 (x - D L)^2 for the chosen integers L (docs/formats.md §6.3 pass 2)."""
     rows, K = 8, 512
     w = make_weights(kind, rows, K, seed) * np.float32(scale)
     q = iqkq.quantize(w, "iq4_ks")
@@ -419,7 +419,7 @@ def test_matmul_long_rows_all_isas(t):
 @pytest.mark.parametrize("t", TYPES)
 def test_matmul_crafted_matches_reference(t):
     """The crafted bytes give finite results close to the float64 dot product of the decoded
-    weights (every decoder path produces the values of FORMATS.md §6.2)."""
+    weights (every decoder path produces the values of docs/formats.md §6.2)."""
     rows, K = 16, 768
     q = crafted_tensor(t, rows, K, 33)
     x = crafted_activations(9, K, 34)
@@ -473,7 +473,7 @@ def test_matmul_crafted_threads_deterministic(t, isa):
 
 # ----------------------------------------------------------------------------- large batch
 def decode_q8_k_r8(cv, rows, K):
-    """q8_k_r8 (FORMATS.md §5) in numpy: fp16 d[8] then qs[32m + 4r + j] = q_r[4m + j]."""
+    """q8_k_r8 (docs/formats.md §5) in numpy: fp16 d[8] then qs[32m + 4r + j] = q_r[4m + j]."""
     ns = K // 256
     g = cv.reshape(rows // 8, ns, 2064)
     d = g[:, :, :16].copy().view(np.float16).astype(np.float32)  # (G, ns, 8)
@@ -552,7 +552,7 @@ def _oracle_large_batch_cases():
 @pytest.mark.parametrize("path", _oracle_large_batch_cases())
 def test_large_batch_conversion_matches_oracle(path, isa):
     """Where ik_llama.cpp used the q8_k_r8 path (N >= 32), our conversion followed by a numpy
-    model of kernel (C) (FORMATS.md §11.3) reproduces the oracle y bit for bit. This checks the
+    model of kernel (C) (docs/formats.md §11.3) reproduces the oracle y bit for bit. This checks the
     conversion now, before the q8_k_r8 kernel exists."""
     z = load(path)
     rows, K = z["w"].shape

@@ -1,4 +1,4 @@
-"""The large-batch path (FORMATS.md §11.2/§11.4): when it is taken, what it equals, and that
+"""The large-batch path (docs/formats.md §11.2/§11.4): when it is taken, what it equals, and that
 it never depends on the thread count or the ISA."""
 import numpy as np
 import pytest

@@ -10,7 +10,7 @@ from conftest import ISAS, rng, with_isa
 
 @np.errstate(all="ignore")
 def model_q8_k_r8(w):
-    """(rows, K) -> bytes, written from FORMATS.md §4.2 / §5 with numpy."""
+    """(rows, K) -> bytes, written from docs/formats.md §4.2 / §5 with numpy."""
     rows, K = w.shape
     b = w.reshape(rows, K // 256, 256)
     m = np.abs(b).max(2)

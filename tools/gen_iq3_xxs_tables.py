@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Generate csrc/formats/iq3_xxs_tables.inc from the specification's tables.json.
 
-The tables are data from ik_llama.cpp @ 8337e4cd (see FORMATS.md §8.3 and the "source" field of
+The tables are data from ik_llama.cpp @ 8337e4cd (see docs/formats.md §8.3 and the "source" field of
 each entry in tables.json); the derived tables at the end are computed here from them.
 
 Usage: python3 tools/gen_iq3_xxs_tables.py [path/to/tables.json] > csrc/formats/iq3_xxs_tables.inc
@@ -42,7 +42,7 @@ def main():
     assert len(grid) == 256 and len(qgrid) == 256 and len(kmap) == 4096 and len(neigh) == 22825
     assert len(ksigns) == 128 and len(scrambled) == 128
 
-    # Consistency checks of the relations FORMATS.md states.
+    # Consistency checks of the relations docs/formats.md §8.3 states.
     for i in range(256):
         for j in range(4):
             q = (qgrid[i] >> (8 * j)) & 255

@@ -1,4 +1,4 @@
-// Activation formats (scalar reference): q8_2_x4 (FORMATS.md §10) and q8_K / q8_K32 (§4.2,
+// Activation formats (scalar reference): q8_2_x4 (docs/formats.md §10) and q8_K / q8_K32 (§4.2,
 // the AVX2 variant ik_llama.cpp uses as from_float). Activations are quantized once per
 // matmul, row by row, into these layouts; the weight kernels consume them.
 #include "common.h"

@@ -1,8 +1,8 @@
 // iq3_xxs (id 18) and iq3_xxs_r4 (id 218): scalar reference quantize / dequantize / repack,
-// the scalar twins of the matmul kernels (D) and (F) of FORMATS.md §11.3, and the large-batch
+// the scalar twins of the matmul kernels (D) and (F) of docs/formats.md §11.3, and the large-batch
 // conversion iq3_xxs -> q8_k_r8 (§11.4).
 //
-// The quantizer is the plain, readable form of FORMATS.md §8.4: every float operation is
+// The quantizer is the plain, readable form of docs/formats.md §8.4: every float operation is
 // written in the order the specification gives and the file is compiled with
 // -ffp-contract=off, so no multiply-add is fused. The AVX2 file has a faster search that is
 // tested to give identical bytes.
@@ -49,7 +49,7 @@ int best_neighbour(int u, const float* xv, const float* wa, float scale, int8_t*
     return gi;
 }
 
-// One super-block of 256 values (FORMATS.md §8.4). `qw` = the 256 importance weights of this
+// One super-block of 256 values (docs/formats.md §8.4). `qw` = the 256 importance weights of this
 // super-block or null.
 void quantize_superblock(const float* xbl, const float* qw, uint8_t* out, RowState& st) {
     uint8_t q3[64] = {};

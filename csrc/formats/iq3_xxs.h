@@ -1,4 +1,4 @@
-// iq3_xxs and iq3_xxs_r4 block layouts (FORMATS.md §8-9), the quantizer tables and the small
+// iq3_xxs and iq3_xxs_r4 block layouts (docs/formats.md §8-9), the quantizer tables and the small
 // helpers shared by the scalar reference (formats/iq3_xxs.cpp) and the AVX2 kernels.
 //
 // Everything here is data or `static inline` (see common.h for why).
@@ -40,7 +40,7 @@ extern const uint8_t kScrambled[128];
 // Quantizer state that lives across the blocks of one row: ik_llama.cpp keeps the chosen
 // levels and on-grid flags in variables declared outside the block loop, and a 32-block
 // whose weights are all zero never accepts a scale candidate, so it inherits the previous
-// block's levels (FORMATS.md §8.4 step 9). For the first block of a row the reference reads
+// block's levels (docs/formats.md §8.4 step 9). For the first block of a row the reference reads
 // uninitialised memory; iqkq defines that state as "all levels 0, all groups on the grid",
 // i.e. the state a skipped (near-zero) block leaves behind. reset_row() is called at the
 // start of every row. (A plain struct with free static functions: no member functions, so
@@ -54,7 +54,7 @@ static inline void reset_row(RowState& st) {
     for (int k = 0; k < 8; ++k) st.on_grid[k] = true;
 }
 
-// First part of the block quantization (FORMATS.md §8.4 steps 2.1-2.3), shared by the
+// First part of the block quantization (docs/formats.md §8.4 steps 2.1-2.3), shared by the
 // reference and the fast search: weights w, their square roots wa, the values xv the search
 // fits (|x|, with one element negated when a group of 8 has an odd number of negatives) and
 // the 7-bit sign indices. Returns max(xv) (the running `a > b ? a : b` of the reference).
@@ -153,7 +153,7 @@ static inline int level_of(float id, float v) {
     return l < 0 ? 0 : (l > 7 ? 7 : l);
 }
 
-// The importance-matrix preprocessing of iq3_xxs_r4 (QHelper, FORMATS.md §6.3, block 32):
+// The importance-matrix preprocessing of iq3_xxs_r4 (QHelper, docs/formats.md §6.3, block 32):
 // for each 32-block of the row, keep the imatrix weights unless one of sum(W^2), sum(x^2),
 // sum(W*|x|) is <= 32 * 1e-9^2, in which case all 32 weights become 1e-9.
 static inline void qhelper_block(const float* imatrix, const float* x, float* out) {

@@ -1,4 +1,4 @@
-// iq4_ks and iq4_ks_r4 layouts (FORMATS.md §6-7) and the constant tables shared by the scalar
+// iq4_ks and iq4_ks_r4 layouts (docs/formats.md §6-7) and the constant tables shared by the scalar
 // reference and the SIMD kernels. Everything here is `static` / `constexpr` (see common.h on
 // why no inline function may be shared between portable and AVX2 translation units).
 #pragma once
@@ -53,7 +53,7 @@ static inline int32_t trunc_cvtt(float v) {
     return (int32_t)v;
 }
 
-// best_index (FORMATS.md §6.3): index of the entry of the 16-entry ascending table T nearest
+// best_index (docs/formats.md §6.3): index of the entry of the 16-entry ascending table T nearest
 // to x, ties to the larger index, evaluated exactly as ik_llama.cpp does it (truncation into
 // kIndex, then one float comparison of the two distances). NaN and |x| >= 2^31 give 0, as
 // the x86 conversion does.

@@ -1,5 +1,5 @@
 // q8_0 (id 8) and q8_0_r8 (id 208): scalar reference quantize / dequantize / repack and the
-// scalar twins of the matmul kernels (FORMATS.md §2, §3, §11.3 A and B).
+// scalar twins of the matmul kernels (docs/formats.md §2, §3, §11.3 A and B).
 #include "formats/q8_0.h"
 
 #include "common.h"

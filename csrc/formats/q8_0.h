@@ -1,4 +1,4 @@
-// q8_0 and q8_0_r8 block layouts (FORMATS.md §2-3) shared by the scalar and SIMD files.
+// q8_0 and q8_0_r8 block layouts (docs/formats.md §2-3) shared by the scalar and SIMD files.
 #pragma once
 #include <cstdint>
 

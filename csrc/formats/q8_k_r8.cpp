@@ -1,5 +1,5 @@
 // q8_k_r8 (id 399): 8 interleaved rows of int8 quants with one fp16 scale per row and
-// super-block. Scalar reference quantize (the AVX2 q8_K32 routine of FORMATS.md §4.2, then
+// super-block. Scalar reference quantize (the AVX2 q8_K32 routine of docs/formats.md §4.2, then
 // fp16 of the scale, §5.3), dequantize and the matmul kernel (C) of §11.3.
 #include "formats/q8_k_r8.h"
 

@@ -1,4 +1,4 @@
-// q8_k_r8 layout (FORMATS.md §5): per group of 8 rows and 256-element super-block, 16 bytes of
+// q8_k_r8 layout (docs/formats.md §5): per group of 8 rows and 256-element super-block, 16 bytes of
 // fp16 row scales d[8] followed by 2048 interleaved int8 quants, qs[32m + 4r + j] = q_r[4m + j].
 #pragma once
 #include <cstdint>

@@ -1,4 +1,4 @@
-// Scalar reference of the fused up+gate activation step (FORMATS.md §12.1): act(g) * u with
+// Scalar reference of the fused up+gate activation step (docs/formats.md §12.1): act(g) * u with
 // ik_llama.cpp's 8-lane formulas emulated lane by lane and its libm formulas for the tail.
 #include "unary.h"
 

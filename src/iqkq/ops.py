@@ -329,7 +329,7 @@ def repack(q: QuantizedTensor, qtype: Union[str, int, TypeInfo], *, threads: Opt
 
     Between twins the conversion is an exact byte permutation both ways; the values are
     unchanged. To ``q8_k_r8`` it is ik_llama.cpp's on-the-fly conversion for large batches
-    (FORMATS.md §11.4): values are re-rounded to int8 with an fp16 scale per row and 256
+    (docs/formats.md §11.4): values are re-rounded to int8 with an fp16 scale per row and 256
     columns, so it is lossy (about 0.5-1 % relative change of matmul results) but
     ``matmul(repack(w, "q8_k_r8"), x)`` equals ``matmul(w, x, path="repack")`` bit for bit.
     Repacking to the tensor's own type returns it unchanged.
@@ -510,7 +510,7 @@ def fused_up_gate(up: QuantizedTensor, gate: QuantizedTensor, x, *, act: str = "
     ``x`` is quantized once (to the weight type's activation format) and both products are
     computed by the same kernels as :func:`matmul`, tile by tile, with the activation applied
     while the tile is in cache -- the arithmetic of ik_llama.cpp's ``ggml_fused_up_gate``
-    (FORMATS.md §12.1): SILU / GELU use ik_llama.cpp's 8-lane exp formulas (the last
+    (docs/formats.md §12.1): SILU / GELU use ik_llama.cpp's 8-lane exp formulas (the last
     ``N_ff % 8`` outputs its scalar libm formulas), RELU is ``max(g, 0)``.
 
     Args:

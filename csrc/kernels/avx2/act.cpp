@@ -1,4 +1,4 @@
-// AVX2 activation quantizers: q8_2_x4 (FORMATS.md §10.2) and q8_K / q8_K32 (§4.2). Bit-exact
+// AVX2 activation quantizers: q8_2_x4 (docs/formats.md §10.2) and q8_K / q8_K32 (§4.2). Bit-exact
 // twins of formats/act.cpp.
 #include "common.h"
 #include "formats/act.h"

@@ -1,6 +1,6 @@
 // AVX2 kernels for iq3_xxs and iq3_xxs_r4: a faster quantizer search (identical bytes),
 // dequantization, the matmul kernels (D) iq3_xxs x q8_K and (F) iq3_xxs_r4 x q8_K of
-// FORMATS.md §11.3, and the large-batch conversion to q8_k_r8 (§11.4).
+// docs/formats.md §11.3, and the large-batch conversion to q8_k_r8 (§11.4).
 //
 // Bit-exact twins of formats/iq3_xxs.cpp: integer sums are exact (only their grouping
 // differs), float operations are the same operations in the same order.
@@ -31,7 +31,7 @@ inline void store32(void* p, __m256i v) { _mm256_storeu_si256(reinterpret_cast<_
 // ------------------------------------------------------------------------------------------
 // Quantization: the 31-candidate scale search with 8 candidates per vector.
 
-// The weighted neighbour search of FORMATS.md §8.3 with 8 neighbours per vector. Each lane
+// The weighted neighbour search of docs/formats.md §8.3 with 8 neighbours per vector. Each lane
 // does exactly the scalar operations (diff = scale*q - xv, d2 += (wa*diff)*diff from 0); the
 // winner is the first lane with the smallest d2 among those strictly below the best so far,
 // which is what the sequential strict-< scan selects.
@@ -710,7 +710,7 @@ void convert_to_q8_k_r8(const uint8_t* src, uint8_t* dst, int64_t nrows, int64_t
                 const float F = 0.25f * _cvtsh_ss(rd_u16(blk));
                 wr_u16(o + 2 * r, (uint16_t)_cvtss_sh(F * dnew, 0));
             }
-            // interleave (FORMATS.md §5): qs[32 m + 4 r + j] = q_r[4 m + j], 8 dwords m at a time
+            // interleave (docs/formats.md §5): qs[32 m + 4 r + j] = q_r[4 m + j], 8 dwords m at a time
             for (int c = 0; c < 8; ++c) {
                 __m256i t[8];
                 for (int r = 0; r < 8; ++r) t[r] = load32(q + 256 * r + 32 * c);

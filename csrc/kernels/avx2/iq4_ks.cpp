@@ -1,5 +1,5 @@
 // AVX2 kernels for iq4_ks and iq4_ks_r4: quantization, dequantization, the matmul kernels
-// (E) iq4_ks x q8_K and (G) iq4_ks_r4 x q8_K32 of FORMATS.md §11.3, and the conversion to
+// (E) iq4_ks x q8_K and (G) iq4_ks_r4 x q8_K32 of docs/formats.md §11.3, and the conversion to
 // q8_k_r8 (§11.4). Bit-exact twins of formats/iq4_ks.cpp: integer sums are exact, and every
 // float operation is the same operation, per output, in the same order.
 //
@@ -300,7 +300,7 @@ void quantize_iq4_ks(const float* src, uint8_t* dst, int64_t nrows, int64_t K, c
 // blocks (u[r]: low nibble = element e, high nibble = element e + 16, as in iq4_ks). The 64
 // bytes are 4 chunks of 4 dwords (dword r = row r); row r's dword holds, as low | high
 // nibbles, elements 0-3 | 8-11 in the chunk at 0, 4-7 | 12-15 at 32, 16-19 | 24-27 at 16 and
-// 20-23 | 28-31 at 48 (FORMATS.md §7.1).
+// 20-23 | 28-31 at 48 (docs/formats.md §7.1).
 inline void r4_block_rows(const uint8_t* qs, __m128i u[4]) {
     const __m128i c0 = load16(qs), c1 = load16(qs + 16), c2 = load16(qs + 32), c3 = load16(qs + 48);
     // Transpose dwords of (c0, c2, c1, c3): row r gets (c0[r], c2[r], c1[r], c3[r]), i.e. low
@@ -677,7 +677,7 @@ void gemm_iq4_ks_r4(const GemmArgs& g) {
 
 // ================================================================================ large batch
 
-// iq4_ks -> q8_k_r8 (FORMATS.md §11.4; scalar twin: formats/iq4_ks.cpp convert_to_q8_k_r8).
+// iq4_ks -> q8_k_r8 (docs/formats.md §11.4; scalar twin: formats/iq4_ks.cpp convert_to_q8_k_r8).
 constexpr int kQ8kR8Bytes = 16 + 8 * 256;
 
 void convert_to_q8_k_r8(const uint8_t* src, uint8_t* dst, int64_t nrows, int64_t K) {

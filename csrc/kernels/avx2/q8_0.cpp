@@ -1,5 +1,5 @@
 // AVX2 kernels for q8_0 and q8_0_r8: reference quantization, dequantization, repacking and
-// the matmul kernels (A) q8_0 x q8_2_x4 and (B) q8_0_r8 x q8_2_x4 of FORMATS.md §11.3.
+// the matmul kernels (A) q8_0 x q8_2_x4 and (B) q8_0_r8 x q8_2_x4 of docs/formats.md §11.3.
 // Bit-exact twins of formats/q8_0.cpp (the integer sums are exact; the float operations
 // are the same operations in the same order).
 #include "common.h"

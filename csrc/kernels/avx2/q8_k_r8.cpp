@@ -1,5 +1,5 @@
 // AVX2 kernels for q8_k_r8: quantization (q8_K32 routine + fp16 scale), dequantization and
-// the matmul kernel (C) q8_k_r8 x q8_K of FORMATS.md §11.3. Bit-exact twins of
+// the matmul kernel (C) q8_k_r8 x q8_K of docs/formats.md §11.3. Bit-exact twins of
 // formats/q8_k_r8.cpp.
 #include "common.h"
 #include "formats/act.h"

@@ -20,7 +20,7 @@ static inline float hmax8(__m256 v) {
 
 static inline __m256 abs_ps(__m256 v) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v); }
 
-// H8 of FORMATS.md §11.3: ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)).
+// H8 of docs/formats.md §11.3: ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)).
 static inline float hsum8(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));

@@ -1,4 +1,4 @@
-// AVX2 twin of unary.cpp: the 8-lane v_expf of FORMATS.md §12.3 and the SILU / GELU / RELU
+// AVX2 twin of unary.cpp: the 8-lane v_expf of docs/formats.md §12.3 and the SILU / GELU / RELU
 // formulas on 8 outputs at a time, scalar libm formulas for the tail.
 #include "kernels/avx2/simd.h"
 #include "types.h"

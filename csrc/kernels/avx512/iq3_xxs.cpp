@@ -1,5 +1,5 @@
 // AVX-512 matmul kernels for iq3_xxs and iq3_xxs_r4: kernel (D) iq3_xxs x q8_K and kernel (F)
-// iq3_xxs_r4 x q8_K of FORMATS.md §11.3. Compiled with the AVX-512 flags (CMakeLists.txt) and
+// iq3_xxs_r4 x q8_K of docs/formats.md §11.3. Compiled with the AVX-512 flags (CMakeLists.txt) and
 // used only on CPUs with F, VL, BW, DQ, VNNI and VBMI (dispatch.cpp).
 //
 // Decoding without table loads: 64 grid indices (one 512-bit register) at a time.
@@ -615,7 +615,7 @@ void gemm_f_one_group(const GemmArgs& g) {
 
 
 // ------------------------------------------------------------------------------------------
-// Large-batch conversion iq3_xxs -> q8_k_r8 (FORMATS.md §11.4), one row and super-block at a
+// Large-batch conversion iq3_xxs -> q8_k_r8 (docs/formats.md §11.4), one row and super-block at a
 // time, without computing the 256 products v = mult * sigma * g one by one:
 //  * M = max |v| = max over blocks of mult_b * (largest grid byte of the block): a third
 //    256-entry table gives the largest byte of each grid point, three shift-and-max steps

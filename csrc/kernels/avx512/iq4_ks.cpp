@@ -1,5 +1,5 @@
 // AVX-512 matmul kernels for iq4_ks and iq4_ks_r4: kernel (E) iq4_ks x q8_K and kernel (G)
-// iq4_ks_r4 x q8_K32 of FORMATS.md §11.3. Compiled with the AVX-512 flags (CMakeLists.txt) and
+// iq4_ks_r4 x q8_K32 of docs/formats.md §11.3. Compiled with the AVX-512 flags (CMakeLists.txt) and
 // used only on CPUs with F, VL, BW, DQ, VNNI and VBMI (dispatch.cpp).
 //
 // Decoding: the 4-bit indices go straight into VPERMB, which reads only the low 6 bits of
@@ -234,7 +234,7 @@ void gemm_iq4_ks(const GemmArgs& g) {
 // Lane l = 8g + 2r + h of a 512-bit register holds row r of group g, half h (elements
 // 16h..16h+15) of a block. In the 64 nibble bytes of block b of a group, 128-bit chunk c holds
 // dword r = row r; its low nibbles are elements 4q..4q+3 of half h and its high nibbles
-// elements 4(q+2).. of the same half, with h = c & 1 and q = c >> 1 (FORMATS.md §7.1). One
+// elements 4(q+2).. of the same half, with h = c & 1 and q = c >> 1 (docs/formats.md §7.1). One
 // VPERMT2D over the two groups' 64 bytes gathers chunks 0, 1 (resp. 2, 3) into the lane
 // order, so that four VPERMB give W(b, q), q = 0..3: quad q of both halves of block b for the
 // 8 rows. The activations a lane needs depend only on h: one 64-bit broadcast (quad q of
@@ -424,7 +424,7 @@ void gemm_iq4_ks_r4(const GemmArgs& g) {
 
 
 // ------------------------------------------------------------------------------------------
-// Large-batch conversion iq4_ks -> q8_k_r8 (FORMATS.md §11.4), a group of 8 rows and one
+// Large-batch conversion iq4_ks -> q8_k_r8 (docs/formats.md §11.4), a group of 8 rows and one
 // super-block at a time, without computing the 256 products v = ls * T[n] of a row one by one.
 //  1. The nibble bytes of the 8 rows are interleaved first, exactly as q8_k_r8 interleaves
 //     its quants (kernels/avx512/simd.h), on half the bytes: a nibble dword of a row holds the

@@ -7,7 +7,7 @@
 namespace iqkq {
 namespace avx512 {
 
-// The dword interleave of FORMATS.md §5 (qs[32 m + 4 r + j] = q_r[4 m + j]) for one 64-byte
+// The dword interleave of docs/formats.md §5 (qs[32 m + 4 r + j] = q_r[4 m + j]) for one 64-byte
 // register of each of 8 rows (dwords m = 0..15): out[p] = rows 0..7 dword 2p, then rows 0..7
 // dword 2p + 1. 24 shuffles:
 //  1. VPUNPCK{L,H}QDQ of rows 2a, 2a+1: lane L = both rows' quadword 2L (resp. 2L + 1), i.e.
@@ -36,7 +36,7 @@ static inline void interleave8(const __m512i* in, __m512i* out) {
 }
 
 // Eight rows' quants of one q8_k_r8 super-block, in element order (row r: bytes 256 r ..,
-// 64-byte aligned), to the interleaved layout of FORMATS.md §5.
+// 64-byte aligned), to the interleaved layout of docs/formats.md §5.
 static inline void interleave_q8_k_r8(const uint8_t* rows, uint8_t* qs) {
     for (int c = 0; c < 4; ++c) {
         __m512i in[8], out[8];
