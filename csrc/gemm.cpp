@@ -203,6 +203,16 @@ bool uses_large_batch(int type, int64_t rows, int64_t N, MatmulPath path) {
     return N >= t.large_batch_min_n && rows >= 32 && rows % kTypes[t.large_batch].interleave == 0;
 }
 
+// The fused ops' rule (ik_llama.cpp's iqk_moe_fused_up_gate, used for the dense and the MoE op):
+// convert whenever the batch (per expert) reaches the type's threshold, whatever the number of
+// weight rows. ik_llama.cpp aborts when the rows are not a multiple of the target's interleave;
+// iqkq uses the direct kernels then (docs/formats.md §14).
+bool fused_uses_large_batch(int type, int64_t rows, int64_t N) {
+    if (!has_large_batch(type)) return false;
+    const TypeTraits& t = kTypes[type];
+    return N >= t.large_batch_min_n && rows % kTypes[t.large_batch].interleave == 0;
+}
+
 namespace {
 
 // How one weight matrix times a batch of activation rows is cut into tasks.
@@ -323,8 +333,8 @@ struct FusedExpert {
 };
 
 // Y[row] = clampU(up . x) * min(act(gate . x), limit), docs/formats.md ("Fused up+gate"), for
-// all experts in one parallel region. The large-batch conversion follows matmul's rule per
-// expert. All experts share one activation format and so one prepared layout, except that a
+// all experts in one parallel region. The large-batch conversion follows the fused rule
+// (fused_uses_large_batch) per expert. All experts share one activation format and so one prepared layout, except that a
 // converted expert's kernel may want another: preparation is per kernel type, done once for
 // every kernel type that occurs.
 void fused_up_gate(const KernelTables& kt, int type, Activations& a, const FusedExpert* experts, int64_t n_experts,
@@ -349,7 +359,7 @@ void fused_up_gate(const KernelTables& kt, int type, Activations& a, const Fused
     for (int64_t e = 0; e < n_experts; ++e) {
         const int64_t ny = experts[e].ny;
         if (ny > 0) {
-            plans[e] = make_plan(kt, type, nff, K, ny, nthreads, uses_large_batch(type, nff, ny, MatmulPath::Auto));
+            plans[e] = make_plan(kt, type, nff, K, ny, nthreads, fused_uses_large_batch(type, nff, ny));
             rt_max = std::max(rt_max, plans[e].rt);
             ct_max = std::max(ct_max, std::min<int64_t>(plans[e].ct, ny));
             if (plans[e].convert) krb_max = std::max(krb_max, plans[e].krb);

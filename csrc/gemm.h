@@ -35,6 +35,8 @@ bool has_large_batch(int type);
 
 // Whether matmul with this path would convert the weights to the large-batch type.
 bool uses_large_batch(int type, int64_t rows, int64_t N, MatmulPath path);
+// The fused ops' rule: batch (per expert) >= threshold and rows a multiple of the target's interleave.
+bool fused_uses_large_batch(int type, int64_t rows, int64_t N);
 
 // Y[n, r] = sum_k W[r, k] X[n, k] computed as ik_llama.cpp does (activations quantized to
 // the type's activation format, integer dot products, float scales). X rows are x_stride

@@ -263,3 +263,35 @@ def test_stacked_matmul_and_dequantize():
         np.testing.assert_array_equal(ye[1], iqkq.matmul(iqkq.quantize(w[1], qtype), xe[1]))
         with pytest.raises(ValueError, match="n_expert"):
             iqkq.matmul(q, r.standard_normal((2, 4, 256)))
+
+
+def _act_ref(g, u, op):
+    g64, u64 = g.astype(np.float64), u.astype(np.float64)
+    if op == "silu":
+        return g64 / (1 + np.exp(-g64)) * u64
+    return np.maximum(g64, 0) * u64
+
+
+@pytest.mark.parametrize("qtype", ["iq4_ks", "iq3_xxs"])
+@pytest.mark.parametrize("nff,ny,expect", [(8, 32, "repack"), (16, 40, "repack"), (24, 31, "direct"),
+                                           (12, 64, "direct"), (40, 33, "repack")])
+def test_fused_large_batch_rule(qtype, nff, ny, expect):
+    """ik_llama.cpp's fused op (iqk_moe_fused_up_gate) converts the weights whenever the batch
+    reaches 32, whatever the number of rows (matmul needs >= 32 rows too); rows that are not a
+    multiple of the target's interleave (ik aborts) use the direct kernels."""
+    up, gate = make_pair(qtype, nff=nff, K=512, seed=nff + ny)
+    x = rng(ny).standard_normal((ny, 512)).astype(np.float32)
+    paths = ("direct", "repack") if nff % 8 == 0 else ("direct",)  # repack needs rows % 8 == 0
+    parts = {p: (iqkq.matmul(gate, x, path=p), iqkq.matmul(up, x, path=p)) for p in paths}
+    if len(paths) == 2:
+        assert not np.array_equal(parts["direct"][0], parts["repack"][0])  # the two paths are distinguishable
+    y = iqkq.fused_up_gate(up, gate, x, act="silu")
+    for p, (g, u) in parts.items():
+        ref = _act_ref(g, u, "silu")
+        close = (np.abs(y - ref) <= 2e-6 * np.abs(ref) + 1e-6 * np.abs(u.astype(np.float64)) + 1e-30).all()
+        assert close == (p == expect), f"fused result {'does not match' if p == expect else 'matches'} the {p} path"
+    # the MoE op follows the same rule per expert
+    ids = np.zeros((ny, 1), np.int32)
+    up3 = iqkq.QuantizedTensor(up.data, qtype, (1, nff, 512))
+    gate3 = iqkq.QuantizedTensor(gate.data, qtype, (1, nff, 512))
+    np.testing.assert_array_equal(iqkq.moe_up_gate(up3, gate3, x, ids, act="silu")[:, 0], y)
