@@ -37,4 +37,4 @@ def test_readme_test_command_is_what_ci_runs():
     ci = (ROOT / ".ci" / "run").read_text()
     cmd = re.search(r"TEST_CMD='(.*)'", ci).group(1)
     assert cmd in readme
-    assert "pip install . && python -m iqkq map" in readme
+    assert 'pip install ".[plot]" && python -m iqkq map --plot map.png' in readme
