@@ -822,6 +822,9 @@ def quantize_model(src, dst, rules=(), *, imatrix=None, default: Optional[str] =
                             del data
                             report.quantize_seconds += dt
                             report.tensor_seconds[e.name] = dt
+                        if pending or more:
+                            # write back while the next tensors are quantized, not all at the final fsync
+                            w.flush(sync=True)
                         _release(f, ti.offset, ti.nbytes)
                         if bar is not None:
                             bar.update(e.src_nbytes)
