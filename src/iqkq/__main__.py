@@ -278,6 +278,12 @@ def _quantize(args) -> int:
     except KeyboardInterrupt:
         print(f"{PROG} quantize: interrupted; nothing was written", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the plan piped into `head`: stop quietly
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError:
+            pass
+        return 1
     except (ValueError, TypeError, OSError, ImportError, RuntimeError) as e:
         msg = " ".join(str(e).split())
         if isinstance(e, OSError) and e.filename and str(e.filename) not in msg:

@@ -767,6 +767,8 @@ def quantize_model(src, dst, rules=(), *, imatrix=None, default: Optional[str] =
     if max_in_flight is None:
         max_in_flight = 2 * (dsk.n_workers if dsk is not None else 1)
     threads_local = threads if threads is not None else _check_threads(None)
+    if dsk is None:
+        report.scheduler = f"in-process, {threads_local} thread{'s' if threads_local > 1 else ''}"
 
     bar = None
     t_start = time.perf_counter()
@@ -774,11 +776,17 @@ def quantize_model(src, dst, rules=(), *, imatrix=None, default: Optional[str] =
         with G.read(p.src) as f:
             infos = {ti.name: ti for ti in f.tensors}
             decls = [(e.name, e.shape, e.dst_type_id, e.dst_nbytes) for e in p.entries]
+            say = None
             if progress:
-                from tqdm.auto import tqdm
+                isatty = getattr(out, "isatty", None)
+                if isatty is not None and isatty():  # a bar on a terminal; plain lines into files and pipes
+                    from tqdm.auto import tqdm
 
-                bar = tqdm(total=p.src_bytes, unit="B", unit_scale=True, file=out, dynamic_ncols=True,
-                           desc=os.path.basename(dst), leave=False)
+                    bar = tqdm(total=p.src_bytes, unit="B", unit_scale=True, file=out, dynamic_ncols=True,
+                               desc=os.path.basename(dst), leave=False)
+                    say = lambda s: bar.write(s, file=out)  # noqa: E731
+                else:
+                    say = lambda s: print(s, file=out, flush=True)  # noqa: E731
             ex = None
             if dsk is None:
                 from concurrent.futures import ThreadPoolExecutor
@@ -826,9 +834,10 @@ def quantize_model(src, dst, rules=(), *, imatrix=None, default: Optional[str] =
                             # write back while the next tensors are quantized, not all at the final fsync
                             w.flush(sync=True)
                         _release(f, ti.offset, ti.nbytes)
-                        if bar is not None:
-                            bar.update(e.src_nbytes)
-                            bar.write(_progress_line(e, n, width, dt, p.imatrix is not None), file=out)
+                        if say is not None:
+                            if bar is not None:
+                                bar.update(e.src_nbytes)
+                            say(_progress_line(e, n, width, dt, p.imatrix is not None))
                         del fut
             finally:
                 if ex is not None:
