@@ -605,6 +605,16 @@ def _dask_task(path: str, name: str, qtype: str, imatrix, threads):
     worker process), quantize it, return ``(bytes as uint8 array, seconds)``."""
     from . import gguf as G
 
+    if threads is None:  # this worker's share of its machine: CPUs / the worker's Dask threads
+        nt = 1
+        try:
+            from distributed import get_worker
+
+            wk = get_worker()
+            nt = int(getattr(wk, "nthreads", None) or wk.state.nthreads)
+        except Exception:  # noqa: BLE001 (not in a worker, or another distributed version)
+            pass
+        threads = max(1, (os.cpu_count() or 1) // max(1, nt))
     f = _WORKER_FILES.get(path)
     if f is None:
         f = _WORKER_FILES[path] = G.read(path)
@@ -663,6 +673,7 @@ class _Dask:
                 from None
         self.cluster = None
         self.own_client = False
+        self.threads = threads  # iqkq threads per task (None: each worker's share of its machine)
         if isinstance(spec, str):
             s = spec.strip()
             if s == "local" or s.startswith("local:"):
@@ -675,6 +686,7 @@ class _Dask:
                     raise CookError(f"--dask {spec!r}: the number of workers must be >= 1")
                 self.cluster = LocalCluster(n_workers=nw, threads_per_worker=1, processes=True,
                                             dashboard_address=None, silence_logs=40)
+                self.threads = threads or max(1, (os.cpu_count() or 1) // nw)
                 self.client = Client(self.cluster)
                 self.desc = f"dask LocalCluster, {nw} workers"
             else:
@@ -813,7 +825,7 @@ def quantize_model(src, dst, rules=(), *, imatrix=None, default: Optional[str] =
                                     fut = ex.submit(_work, f.tensor(ti), e.shape, e.dst_type, e.imatrix, threads_local)
                                 else:
                                     fut = dsk.client.submit(_dask_task, p.src, e.name, e.dst_type, e.imatrix,
-                                                            threads_given, pure=False)
+                                                            dsk.threads, pure=False)
                                 n_q += 1
                             pending.append((e, fut, time.perf_counter()))
                         if not pending:
