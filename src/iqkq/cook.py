@@ -521,7 +521,8 @@ def plan(src, rules=(), *, imatrix=None, default: Optional[str] = None) -> Plan:
         if k in meta:
             del meta[k]
     if im is not None and len(im):
-        meta["quantize.imatrix.file"] = G.GGUFValue(_trunc(im.path or "<in memory>"), "STRING")
+        if im.path:  # an imatrix given as a mapping has no file to name
+            meta["quantize.imatrix.file"] = G.GGUFValue(_trunc(im.path), "STRING")
         if im.datasets and im.datasets[0]:
             meta["quantize.imatrix.dataset"] = G.GGUFValue(_trunc(im.datasets[0]), "STRING")
         meta["quantize.imatrix.entries_count"] = G.GGUFValue(len(im), "INT32")
