@@ -424,6 +424,24 @@ def test_errors_before_any_work(model, tmp_path, kw, what, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
+def test_error_while_cooking_leaves_nothing(tmp_path):
+    rng = np.random.default_rng(5)
+    bad = _weights(rng, (8, 256))
+    bad[3, 7] = np.nan
+    src = tmp_path / "nan.gguf"
+    iqkq.gguf.save(src, {"a.weight": _weights(rng, (8, 256)), "b.weight": bad}, {"general.architecture": "llama"})
+    out = tmp_path / "o.gguf"
+    out.write_bytes(b"old")
+    with pytest.raises(cook.CookError, match="tensor 'b.weight': .*NaN or infinite.*nothing was written"):
+        iqkq.quantize_model(src, out, default="iq4_ks", progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["nan.gguf", "o.gguf"] and out.read_bytes() == b"old"
+    # an imatrix given as a mapping: no file to name, the other keys are set
+    rep = iqkq.quantize_model(src, out, "a=q8_0", imatrix={"a.weight": np.ones(256, np.float32)}, progress=False)
+    m = iqkq.gguf.read(out).metadata
+    assert "quantize.imatrix.file" not in m and m.typed("quantize.imatrix.entries_count").value == 1
+    assert m.typed("general.file_type").value == 7 and rep.n_quantized == 1
+
+
 def test_missing_source_and_folder(model, tmp_path):
     with pytest.raises(cook.CookError, match="no such file"):
         iqkq.quantize_model(tmp_path / "nope.gguf", tmp_path / "x.gguf", default="q8_0")

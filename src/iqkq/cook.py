@@ -46,8 +46,10 @@ __all__ = [
 
 
 class CookError(ValueError):
-    """A model cannot be cooked as asked (bad rule, unknown or missing type, bad imatrix...).
-    Raised before any output is written."""
+    """A model cannot be cooked as asked (bad rule, unknown or missing type, bad imatrix...),
+    raised by the plan before any output is written; or a tensor that cannot be quantized
+    (NaN / inf weights), found while cooking: then the temporary output is removed and the
+    target left as it was."""
 
 
 # ----------------------------------------------------------------------------- ik_llama.cpp's tables
@@ -837,7 +839,10 @@ def quantize_model(src, dst, rules=(), *, imatrix=None, default: Optional[str] =
                             w.write(e.name, f.tensor_bytes(ti))
                             dt = 0.0
                         else:
-                            data, dt = fut.result()
+                            try:
+                                data, dt = fut.result()
+                            except (ValueError, TypeError) as err:  # e.g. NaN / inf weights
+                                raise CookError(f"tensor {e.name!r}: {err}; nothing was written") from None
                             n_q -= 1
                             w.write(e.name, data)
                             del data
