@@ -601,6 +601,7 @@ def _release(f, offset: int, nbytes: int) -> None:
 
 
 _WORKER_FILES: Dict[str, Any] = {}
+_SYNC_BYTES = 32 << 20  # fdatasync the output every this many bytes (not after every small tensor)
 
 
 def _dask_task(path: str, name: str, qtype: str, imatrix, threads):
@@ -812,6 +813,7 @@ def quantize_model(src, dst, rules=(), *, imatrix=None, default: Optional[str] =
                     pending: collections.deque = collections.deque()
                     todo = iter(p.entries)
                     n_q = 0  # quantize tasks submitted and not yet written
+                    unsynced = 0  # bytes written since the last fdatasync
                     more = True
                     n = len(p.entries)
                     width = len(str(n))
@@ -848,9 +850,11 @@ def quantize_model(src, dst, rules=(), *, imatrix=None, default: Optional[str] =
                             del data
                             report.quantize_seconds += dt
                             report.tensor_seconds[e.name] = dt
-                        if pending or more:
+                        unsynced += e.dst_nbytes
+                        if unsynced >= _SYNC_BYTES and (pending or more):
                             # write back while the next tensors are quantized, not all at the final fsync
                             w.flush(sync=True)
+                            unsynced = 0
                         _release(f, ti.offset, ti.nbytes)
                         if say is not None:
                             if bar is not None:
