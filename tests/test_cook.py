@@ -149,9 +149,26 @@ def imatrix_files(tmp_path_factory):
     ds = b"calibration.txt"
     blob += struct.pack("<ii", 42, len(ds)) + ds
     legacy.write_bytes(bytes(blob))
+    # GGUF (mainline llama-imatrix), written with gguf-py: keys, then NAME.in_sum2 (ne = K, n_mat) and
+    # NAME.counts (ne = 1, n_mat), F32, names sorted
     g = d / "imatrix.gguf"
-    write_gguf(g, sums, counts, datasets=["wiki.train.raw", "code.txt"], chunk_count=17, chunk_size=512)
-    return {"legacy": legacy, "gguf": g, "ref": ref}
+    w = gguf.GGUFWriter(str(g), "llama")
+    w.kv_data[0].pop("general.architecture", None)  # llama-imatrix writes none
+    w.add_type("imatrix")
+    w.add_array("imatrix.datasets", ["wiki.train.raw", "code.txt"])
+    w.add_uint32("imatrix.chunk_count", 17)
+    w.add_uint32("imatrix.chunk_size", 512)
+    for name in sorted(sums):
+        w.add_tensor(f"{name}.in_sum2", sums[name])
+        w.add_tensor(f"{name}.counts", counts[name].reshape(-1, 1))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    # iqkq's writer gives the same file
+    g2 = d / "imatrix-iqkq.gguf"
+    write_gguf(g2, sums, counts, datasets=["wiki.train.raw", "code.txt"], chunk_count=17, chunk_size=512)
+    return {"legacy": legacy, "gguf": g, "gguf_iqkq": g2, "ref": ref}
 
 
 def _src(model):
@@ -339,6 +356,9 @@ def test_imatrix_formats_agree(model, imatrix_files, tmp_path):
         np.testing.assert_allclose(a[k], v, rtol=1e-6)
         assert np.array_equal(b[k], v)
     assert (b.datasets, b.chunk_count, b.chunk_size) == (["wiki.train.raw", "code.txt"], 17, 512)
+    assert iqkq.gguf.read(imatrix_files["gguf"]).metadata["general.type"] == "imatrix"
+    assert "general.architecture" not in iqkq.gguf.read(imatrix_files["gguf"]).metadata
+    assert imatrix_files["gguf_iqkq"].read_bytes() == imatrix_files["gguf"].read_bytes()
     assert (a.datasets, a.chunk_count) == (["calibration.txt"], 42)
     # gguf: counts of 0 give 1.0 (mainline's partial data rule)
     g2 = tmp_path / "partial.gguf"
