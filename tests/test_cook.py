@@ -421,7 +421,7 @@ def test_same_metadata_and_tensors_as_ik_llama_quantize(tmp_path):
     iqkq.gguf.save(src, tensors, meta)
     out = tmp_path / "out.gguf"
     # ik's IQ4_KS mixture gives attn_v iq5_k and output q6_K (iqkq has neither): rules for those two
-    iqkq.quantize_model(src, out, "attn_v=q8_0,output\\.=q8_0", default="iq4_ks", progress=False)
+    iqkq.quantize_model(src, out, "attn_v=q8_0,^output\\.=q8_0", default="iq4_ks", progress=False)
     o = iqkq.gguf.read(out)
     assert o.metadata == ik.metadata  # every key, value, type and position, file_type 145 in place, version last
     assert [(t.name, t.shape) for t in o.tensors] == [(t.name, t.shape) for t in ik.tensors]
