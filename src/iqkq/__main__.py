@@ -242,7 +242,7 @@ def _add_quantize_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--default", metavar="TYPE",
                    help="type of the tensors no rule matches (default: leave them as they are); sets general.file_type")
     p.add_argument("--imatrix", metavar="FILE", help="importance matrix: legacy imatrix.dat or GGUF imatrix")
-    p.add_argument("--threads", type=_positive_int("--threads"), default=None,
+    p.add_argument("--threads", type=_positive_int("--threads"), default=None, metavar="N",
                    help="iqkq threads per tensor (default: all usable CPUs; with --dask, per worker)")
     p.add_argument("--dask", metavar="local[:N]|ADDRESS",
                    help="run the per-tensor work on Dask: a LocalCluster of N worker processes, or the scheduler "
