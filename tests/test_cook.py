@@ -50,8 +50,8 @@ def _tensor_specs():
             (f"blk.{b}.ffn_norm.weight", (H,), "f32"),
         ]
         if b == 0:
-            s += [(f"blk.0.ffn_up.weight", (ff, H), "bf16"), (f"blk.0.ffn_gate.weight", (ff, H), "bf16"),
-                  (f"blk.0.ffn_down.weight", (H, ff), "bf16")]
+            s += [("blk.0.ffn_up.weight", (ff, H), "bf16"), ("blk.0.ffn_gate.weight", (ff, H), "bf16"),
+                  ("blk.0.ffn_down.weight", (H, ff), "bf16")]
         else:
             s += [("blk.1.ffn_gate_inp.weight", (E, H), "f32"),
                   ("blk.1.ffn_up_exps.weight", (E, 128, H), "bf16"),
@@ -327,7 +327,7 @@ def test_fallback(model, tmp_path):
     rep = iqkq.quantize_model(model, out, "ffn_down\\.=q8_k_r8", file=buf)
     e = {e.name: e for e in rep.plan.entries}["blk.0.ffn_down.weight"]
     assert (e.wanted, e.dst_type, e.fallback) == ("q8_k_r8", "q8_0", True)
-    src, (dst, data) = _src(model), _out_bytes(out)
+    src, (_, data) = _src(model), _out_bytes(out)
     assert np.array_equal(data[e.name], _quantize_ref(src, e.name, "q8_0"))
     assert rep.n_fallback == 1
     log = buf.getvalue()
