@@ -27,6 +27,8 @@ from .ops import (
 from .tensor import QuantizedTensor, RawTensor
 from . import limits, qmap  # noqa: E402  (machine limits; the quant map)
 from .qmap import quant_map  # noqa: E402
+from . import cook, imatrix  # noqa: E402  (model cook: python -m iqkq quantize; imatrix files)
+from .cook import quantize_model  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -42,6 +44,7 @@ __all__ = [
     "moe_up_gate",
     "quant_map",
     "quantize",
+    "quantize_model",
     "repack",
     "set_isa",
     "set_num_threads",

@@ -5,6 +5,8 @@
                           (``--json`` / ``--csv`` / ``--plot`` to save it);
 ``python -m iqkq bench``  the speed columns only (``map --speed-only --ns 1 32``);
 ``python -m iqkq info``   the supported types and the kernel set in use.
+``python -m iqkq quantize IN.gguf OUT.gguf``  cook a model from a recipe (and an imatrix), streaming,
+                          in this process or on a Dask cluster (docs/cook.md).
 """
 from __future__ import annotations
 
@@ -230,9 +232,70 @@ def _map(p: argparse.ArgumentParser, args, *, bench: bool) -> int:
     return 0 if m.records else 1
 
 
+def _add_quantize_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", metavar="IN.gguf", help="model to quantize (F32 / F16 / BF16 tensors; iqkq's types are re-quantized)")
+    p.add_argument("dst", metavar="OUT.gguf", help="output (written to a temporary file, renamed when complete)")
+    p.add_argument("--recipe", metavar="FILE",
+                   help="rules, one regex=type per line (# comments, blank lines); applied before --custom-q")
+    p.add_argument("--custom-q", metavar="RULES", dest="custom_q",
+                   help='ik_llama.cpp\'s --custom-q: "regex=type,regex=type", first match (re.search) wins')
+    p.add_argument("--default", metavar="TYPE",
+                   help="type of the tensors no rule matches (default: leave them as they are); sets general.file_type")
+    p.add_argument("--imatrix", metavar="FILE", help="importance matrix: legacy imatrix.dat or GGUF imatrix")
+    p.add_argument("--threads", type=_positive_int("--threads"), default=None, metavar="N",
+                   help="iqkq threads per tensor (default: all usable CPUs; with --dask, per worker)")
+    p.add_argument("--dask", metavar="local[:N]|ADDRESS",
+                   help="run the per-tensor work on Dask: a LocalCluster of N worker processes, or the scheduler "
+                        'at ADDRESS (tcp://host:8786); needs pip install "iqkq[dask]"')
+    p.add_argument("--max-in-flight", type=_positive_int("--max-in-flight"), default=None, metavar="N",
+                   help="tensors quantized or waiting to be written at once (default 2, or 2 per Dask worker)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (tensor, shape, source type -> target type, bytes) and the output size")
+    p.add_argument("--quiet", "-q", action="store_true", help="no per-tensor lines, no progress bar")
+
+
+def _quantize(args) -> int:
+    import warnings
+
+    from . import cook
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"{PROG} quantize: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
+    try:
+        rules = []
+        if args.recipe:
+            rules += cook.load_recipe(args.recipe)
+        if args.custom_q:
+            rules += cook.parse_rules(args.custom_q)
+        if not rules and args.default is None:
+            raise cook.CookError("nothing to do: give --default TYPE and / or rules (--custom-q, --recipe)")
+        iqkq.quantize_model(args.src, args.dst, rules, imatrix=args.imatrix, default=args.default,
+                            threads=args.threads, scheduler=args.dask, progress=not args.quiet or args.dry_run,
+                            dry_run=args.dry_run, max_in_flight=args.max_in_flight,
+                            file=sys.stdout if args.dry_run else sys.stderr)
+    except KeyboardInterrupt:
+        print(f"{PROG} quantize: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the plan piped into `head`: stop quietly
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError:
+            pass
+        return 1
+    except (ValueError, TypeError, OSError, ImportError, RuntimeError) as e:
+        msg = " ".join(str(e).split())
+        if isinstance(e, OSError) and e.filename and str(e.filename) not in msg:
+            msg = f"{e.filename}: {msg}"
+        print(f"{PROG} quantize: error: {msg}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="iqkq command line")
-    sub = p.add_subparsers(dest="cmd", metavar="{map,bench,info}")
+    sub = p.add_subparsers(dest="cmd", metavar="{map,bench,info,quantize}")
     mp = sub.add_parser("map", help="which type is fast and accurate on this CPU: size, accuracy, speed, Pareto front",
                         description=__import__("iqkq.qmap").qmap.__doc__.split("\n\n")[0] + " See `pydoc iqkq.qmap`.")
     _add_map_options(mp, bench=False)
@@ -241,6 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
                                     "extra hot batch sizes (--ns), each beside numpy float32 timed alternately.")
     _add_map_options(bp, bench=True)
     sub.add_parser("info", help="supported types and kernel set", description="Supported types and the kernel set.")
+    qp = sub.add_parser("quantize", help="cook a GGUF model from rules (ik_llama.cpp's --custom-q) and an imatrix",
+                        description="Quantize a GGUF model tensor by tensor, as ik_llama.cpp's llama-quantize "
+                                    "with --custom-q does (same tensors, rules, fallbacks, metadata; bytes of "
+                                    "iqkq.quantize), streaming from the memory-mapped input. See docs/cook.md.")
+    _add_quantize_options(qp)
     return p
 
 
@@ -262,6 +330,8 @@ def main(argv=None) -> int:
             return 130
     if args.cmd == "info":
         return _info(args)
+    if args.cmd == "quantize":
+        return _quantize(args)
     p.print_help()
     return 0
 

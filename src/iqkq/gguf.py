@@ -1255,6 +1255,20 @@ class GGUFStreamWriter:
             self.abort()
             raise
 
+    def flush(self, sync: bool = False) -> None:
+        """Hand what was written so far to the OS; with ``sync`` also to the disk (fdatasync), so
+        that :meth:`close` has little left to wait for (a streaming writer calls it while other
+        work runs)."""
+        if self._fh is None:
+            raise ValueError("the writer is closed")
+        try:
+            self._fh.flush()
+            if sync and hasattr(os, "fdatasync"):
+                os.fdatasync(self._fh.fileno())
+        except BaseException:
+            self.abort()
+            raise
+
     def close(self) -> None:
         """Finish: fsync the temporary file and rename it over ``path``. If tensors are missing,
         the file is discarded and ValueError raised."""

@@ -260,7 +260,7 @@ def quantize(w, qtype: Union[str, int, TypeInfo], *, imatrix=None, threads: Opti
                 f"{t.name}: w contains NaN or infinite values (first in row {where}); only finite weights can be quantized"
             )
     q = QuantizedTensor(out, t, arr.shape)
-    if arr.size and float(np.abs(arr).max()) > 65504.0:
+    if arr.size and max(float(arr.max()), -float(arr.min())) > 65504.0:  # no |arr| temporary
         _warn_if_overflowed(q)
     return q
 

@@ -285,7 +285,8 @@ class RawTensor:
         # exact conversion of the float types; None for the others
         tid = self._type.id
         if tid == _BF16:
-            bits = self._data.view("<u2").astype(np.uint32) << np.uint32(16)
+            bits = self._data.view("<u2").astype(np.uint32)
+            bits <<= np.uint32(16)  # in place: one float32-sized buffer, not two
             return bits.view(np.float32).reshape(self._shape)
         if tid in (0, 1, 28):
             return self._data.view(_NUMPY_TYPES[tid]).astype(np.float32).reshape(self._shape)
