@@ -181,8 +181,20 @@ def test_imatrix_weights_the_error_and_is_checked(tmp_path):
         iqkq.quant_map(["q8_0"], w, imatrix=np.ones(100, np.float32), limits=False)
     with pytest.raises(ValueError, match="finite and >= 0"):
         iqkq.quant_map(["q8_0"], w, imatrix=-im, limits=False)
-    with pytest.raises(ValueError, match="only .npy"):
-        qmap.load_imatrix(str(tmp_path / "im.dat"))
+    # llama.cpp's imatrix files (legacy .dat and GGUF) are read with iqkq.imatrix, entries found
+    # by tensor name (with llama-quantize's fallbacks: ffn_gate uses ffn_up's entry)
+    from iqkq import imatrix as imx
+
+    imx.write_legacy(tmp_path / "im.dat", {"blk.0.ffn_up.weight": im})
+    imx.write_gguf(tmp_path / "im.gguf", {"blk.0.ffn_up.weight": (im * 4)[None]}, {"blk.0.ffn_up.weight": np.full((1, 1), 4.0, np.float32)})
+    for f in ("im.dat", "im.gguf"):
+        got = qmap.load_imatrix(str(tmp_path / f))
+        np.testing.assert_allclose(got["blk.0.ffn_up.weight"], im, rtol=1e-6)
+        rec = iqkq.quant_map(["iq4_ks"], {"blk.0.ffn_gate.weight": w}, imatrix=got, speed=False, limits=False).records[0]
+        assert rec["rms_rel"] == pytest.approx(weighted["rms_rel"], rel=1e-6)
+    (tmp_path / "bad.dat").write_bytes(b"\x01\x00")
+    with pytest.raises(ValueError, match="bad.dat"):
+        qmap.load_imatrix(str(tmp_path / "bad.dat"))
 
 
 def test_gguf_weights(tmp_path, monkeypatch):

@@ -96,8 +96,9 @@ def _add_map_options(p: argparse.ArgumentParser, *, bench: bool) -> None:
         w.add_argument("--max-rows", type=_positive_int("--max-rows"), default=4096,
                        help="with --gguf: at most this many rows of each tensor, evenly spaced (default 4096)")
         w.add_argument("--imatrix", metavar="FILE",
-                       help="importance weights: .npy (one vector per column count K) or .npz (a vector per tensor "
-                            "name); used to quantize and to weight the error")
+                       help="importance weights: a llama.cpp imatrix file (legacy imatrix.dat or GGUF), .npy (one "
+                            "vector per column count K) or .npz (a vector per tensor name); used to quantize and to "
+                            "weight the error")
     s = p.add_argument_group("speed details")
     s.add_argument("--model-gb", type=_nonneg_float("--model-gb", positive=True), default=None, metavar="GB",
                    help="model size for the TG tokens/s column (default: an 8B-parameter model at each type's bpw)")

@@ -203,14 +203,23 @@ def gguf_weights(path: str, tensor: Optional[str] = None, *, max_tensors: int = 
     return out, notes
 
 
-def load_imatrix(path: str) -> Union[np.ndarray, Dict[str, np.ndarray]]:
-    """Importance weights from a ``.npy`` file (one vector ``(K,)`` for every tensor with K
-    columns) or a ``.npz`` file (one vector per tensor name). The GGUF / ``.dat`` imatrix
-    formats of llama.cpp are not read yet."""
+def load_imatrix(path: str) -> Union[np.ndarray, Mapping[str, np.ndarray]]:
+    """Importance weights for ``--imatrix``: a llama.cpp / ik_llama.cpp imatrix file (the legacy
+    ``imatrix.dat`` or the GGUF format, read by :func:`iqkq.imatrix.read`; entries are found by
+    tensor name with llama-quantize's fallbacks), a ``.npy`` file (one vector ``(K,)`` for every
+    tensor with K columns) or a ``.npz`` file (one vector per tensor name).
+
+    Raises:
+        ValueError: the file cannot be read or is not one of these, naming it.
+    """
     low = str(path).lower()
     if not (low.endswith(".npy") or low.endswith(".npz")):
-        raise ValueError(f"imatrix {path!r}: only .npy (one (K,) vector) and .npz (a vector per tensor name) "
-                         "files are read so far")
+        from . import imatrix as _imatrix
+
+        try:
+            return _imatrix.read(path)
+        except OSError as e:
+            raise ValueError(f"imatrix {path!r}: cannot read it ({e.strerror or e})") from None
     try:
         obj = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
@@ -555,8 +564,15 @@ def quant_map(types: Optional[Sequence[Union[str, int, TypeInfo]]] = None,
     ims: Dict[str, Optional[np.ndarray]] = {n: None for n in mats}
     if imatrix is not None:
         if isinstance(imatrix, Mapping):
+            lookup = getattr(imatrix, "lookup", None)  # an iqkq.imatrix.IMatrix: llama-quantize's name fallbacks
             for n in mats:
-                v = imatrix.get(n)
+                key = lookup(n) if lookup is not None else n
+                v = imatrix.get(key) if key is not None else None
+                if v is not None and lookup is not None and v.size != mats[n].shape[1]:
+                    # per-expert entries (n_expert x K) of a merged 3-D tensor: the sampled rows
+                    # may come from several experts, so no single vector applies
+                    all_notes.append(f"{n}: imatrix entry {key!r} has {v.size} values (per expert); unweighted")
+                    v = None
                 if v is not None:
                     v = _check_imatrix_vec(v, n)
                     if v.shape[0] != mats[n].shape[1]:
