@@ -9,10 +9,17 @@
 #include "kernels/avx2/simd.h"
 #include "types.h"
 
+#ifndef IQKQ_LEGACY_PF
+#define IQKQ_LEGACY_PF 2048
+#endif
+
 namespace iqkq {
 namespace {
 using namespace avx2;
 using namespace legacy;
+
+// Software prefetch distance of the weight streams (bytes ahead of the block being read).
+constexpr int kPrefetch = IQKQ_LEGACY_PF;
 
 inline __m256i load32(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
 inline __m128i load16(const uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
@@ -100,8 +107,8 @@ void gemm_base_cols(const GemmArgs& g, int64_t n0) {
         }
         for (int64_t b = 0; b < nb4; b += 4) {
             const uint8_t* blk = w + b * B;
-            _mm_prefetch((const char*)(blk + 8 * B), _MM_HINT_T0);
-            _mm_prefetch((const char*)(blk + 8 * B + 64), _MM_HINT_T0);
+            _mm_prefetch((const char*)(blk + kPrefetch), _MM_HINT_T0);
+            _mm_prefetch((const char*)(blk + kPrefetch + 64), _MM_HINT_T0);
             const __m128 dw = weight_scales4<B>(blk);
             __m256i wq[4], wa[4];
             for (int t = 0; t < 4; ++t) {
@@ -225,7 +232,8 @@ void gemm_r4_cols(const GemmArgs& g, int64_t n0) {
         for (int n = 0; n < NC; ++n) acc[n] = _mm256_setzero_ps();
         for (int64_t b = 0; b < nb; ++b) {
             const uint8_t* blk = w + b * B;
-            _mm_prefetch((const char*)(blk + 4 * B), _MM_HINT_T0);
+            _mm_prefetch((const char*)(blk + kPrefetch), _MM_HINT_T0);
+            _mm_prefetch((const char*)(blk + kPrefetch + 64), _MM_HINT_T0);
             const __m128 s4 = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk)));
             const __m256 dw = _mm256_set_m128(s4, s4);
             __m256i q[4];
@@ -278,6 +286,10 @@ inline __m256i r8_dot(const __m256i v[8], const uint8_t* q) {
     return _mm256_madd_epi16(_mm256_set1_epi16(1), _mm256_add_epi16(_mm256_add_epi16(s1, s2), _mm256_add_epi16(s3, s4)));
 }
 
+inline void prefetch_r8(const uint8_t* blk) {
+    for (int l = 0; l < 3; ++l) _mm_prefetch((const char*)(blk + kPrefetch + 64 * l), _MM_HINT_T0);
+}
+
 inline __m256 r8_scales(const uint8_t* blk) { return _mm256_cvtph_ps(load16(blk)); }
 
 // NC columns with the multi-column float order (formats/legacy.cpp, gemm_q4_0_r8).
@@ -308,7 +320,7 @@ void gemm_q4_0_r8_cols(const GemmArgs& g, int64_t n0) {
             }
             for (int k = 0; k < 4; ++k) {
                 const uint8_t* bk = blk + k * kR8Q4Bytes;
-                _mm_prefetch((const char*)(bk + 4 * kR8Q4Bytes), _MM_HINT_T0);
+                prefetch_r8(bk);
                 __m256i v[8];
                 r8_prepare(bk, v);
                 for (int n = 0; n < NC; ++n) {
@@ -347,7 +359,7 @@ void gemm_q4_0_r8_single(const GemmArgs& g, int64_t n0) {
         __m256 acc1 = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps();
         for (int64_t b = 0; b < nb; ++b) {
             const uint8_t* blk = w + b * kR8Q4Bytes;
-            _mm_prefetch((const char*)(blk + 4 * kR8Q4Bytes), _MM_HINT_T0);
+            prefetch_r8(blk);
             const __m256 dw = r8_scales(blk);
             __m256i v[8];
             r8_prepare(blk, v);
