@@ -85,9 +85,90 @@ inline __m128 weight_scales4(const uint8_t* blk) {
 // unsigned x signed bytes, 4 consecutive products per int32 lane.
 inline __m256i udot4(__m256i u, __m256i a) { return _mm256_madd_epi16(_mm256_maddubs_epi16(u, a), _mm256_set1_epi16(1)); }
 
-// Base types x q8_2_x4 for NC columns. kSigned: iq4_nl (q8_0-style kernel, H8); otherwise the
-// unsigned-code kernel with the offset through the activation sums (formats/legacy.cpp,
-// gemm_qx_0).
+// Base types x q8_2_x4. The kernels read a prepared copy of every activation row (built once
+// per matmul by prepare_base): per group of 4 blocks, the bf16 scales and the products d * s as
+// floats in lane order P = (b0 lo, b2 lo, b0 hi, b2 hi, b1 lo, b3 lo, b1 hi, b3 hi) (lo / hi =
+// elements 0..15 / 16..31 of a block), then the quants of block pairs (0, 1) and (2, 3) as
+// [b lo | b+1 lo], [b hi | b+1 hi]. A weight block pair then decodes into two vectors without
+// moving bytes across lanes, and three hadds leave the exact 16-element dot products in lane
+// order P. Each float lane still does exactly what its natural lane does in formats/legacy.cpp
+// (gemm_qx_0 / gemm_iq4_nl); the lanes are put back in order at the end of a row.
+constexpr int kPrepGroup = 192;  // 8 floats d, 8 floats d * s, 4 x 32 bytes of quants
+
+void prepare_base(const uint8_t* a, uint8_t* out, int64_t K) {
+    const int64_t ng = K / 128;
+    static const int kLane[8] = {0, 2, 0, 2, 1, 3, 1, 3};
+    for (int64_t gi = 0; gi < ng; ++gi, a += act::kQ82GroupBytes, out += kPrepGroup) {
+        float d[4], ds[4];
+        for (int t = 0; t < 4; ++t) {
+            d[t] = bf16_to_fp32(rd_u16(a + act::kQ82GroupD + 2 * t));
+            ds[t] = d[t] * (float)(int16_t)rd_u16(a + act::kQ82GroupS + 2 * t);
+        }
+        for (int l = 0; l < 8; ++l) {
+            wr_f32(out + 4 * l, d[kLane[l]]);
+            wr_f32(out + 32 + 4 * l, ds[kLane[l]]);
+        }
+        const uint8_t* q = a + act::kQ82GroupQs;
+        for (int p = 0; p < 2; ++p) {
+            uint8_t* o = out + 64 + 64 * p;
+            std::memcpy(o, q + 64 * p, 16);
+            std::memcpy(o + 16, q + 64 * p + 32, 16);
+            std::memcpy(o + 32, q + 64 * p + 16, 16);
+            std::memcpy(o + 48, q + 64 * p + 48, 16);
+        }
+    }
+}
+size_t prepared_base_bytes(int64_t K) { return (size_t)(K / 128) * kPrepGroup; }
+
+// Codes of two consecutive blocks as [b0 lo | b1 lo], [b0 hi | b1 hi].
+inline void nibble_pair(const uint8_t* qs0, const uint8_t* qs1, __m256i& lo, __m256i& hi) {
+    const __m256i q = _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(qs1), reinterpret_cast<const __m128i*>(qs0));
+    const __m256i m4 = _mm256_set1_epi8(0xf);
+    lo = _mm256_and_si256(q, m4);
+    hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+}
+// 32 bits -> 32 bytes, 0x10 where the bit is set.
+inline __m256i bits_to_0x10(uint32_t v) {
+    const __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+    const __m256i mask = _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe);
+    const __m256i bits = _mm256_shuffle_epi8(_mm256_set1_epi32((int)v), shuf);
+    return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_or_si256(bits, mask), _mm256_set1_epi64x(-1)), _mm256_set1_epi8(0x10));
+}
+template <typename Dec> struct Pair;
+template <> struct Pair<DecQ4> {
+    static inline void codes(const uint8_t* b0, const uint8_t* b1, __m256i& lo, __m256i& hi) { nibble_pair(b0 + 2, b1 + 2, lo, hi); }
+};
+template <> struct Pair<DecNL> {
+    static inline void codes(const uint8_t* b0, const uint8_t* b1, __m256i& lo, __m256i& hi) {
+        nibble_pair(b0 + 2, b1 + 2, lo, hi);
+        const __m128i t = load16(reinterpret_cast<const uint8_t*>(iq4nl_values()));
+        const __m256i tv = _mm256_set_m128i(t, t);
+        lo = _mm256_shuffle_epi8(tv, lo);
+        hi = _mm256_shuffle_epi8(tv, hi);
+    }
+};
+template <> struct Pair<DecQ5> {
+    static inline void codes(const uint8_t* b0, const uint8_t* b1, __m256i& lo, __m256i& hi) {
+        nibble_pair(b0 + 6, b1 + 6, lo, hi);
+        const uint32_t h0 = rd_u32(b0 + 2), h1 = rd_u32(b1 + 2);
+        lo = _mm256_or_si256(lo, bits_to_0x10((h0 & 0xffffu) | (h1 << 16)));
+        hi = _mm256_or_si256(hi, bits_to_0x10((h0 >> 16) | (h1 & 0xffff0000u)));
+    }
+};
+template <> struct Pair<DecQ6> {
+    static inline void codes(const uint8_t* b0, const uint8_t* b1, __m256i& lo, __m256i& hi) {
+        nibble_pair(b0 + 10, b1 + 10, lo, hi);
+        uint64_t h0, h1;
+        std::memcpy(&h0, b0 + 2, 8);
+        std::memcpy(&h1, b1 + 2, 8);
+        const __m256i v = _mm256_set_epi64x((long long)h1, (long long)h1, (long long)h0, (long long)h0);
+        const __m256i m6 = _mm256_set1_epi8(0x30);
+        lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_sllv_epi64(v, _mm256_set_epi64x(0, 4, 0, 4)), m6));
+        const __m256i t = _mm256_srlv_epi64(_mm256_sllv_epi64(v, _mm256_set_epi64x(0, 2, 0, 2)), _mm256_set_epi64x(2, 0, 2, 0));
+        hi = _mm256_or_si256(hi, _mm256_and_si256(t, m6));
+    }
+};
+
 template <typename Dec, int NC>
 void gemm_base_cols(const GemmArgs& g, int64_t n0) {
     using D = typename Dec::D;
@@ -95,39 +176,53 @@ void gemm_base_cols(const GemmArgs& g, int64_t n0) {
     constexpr int B = D::kBytes;
     const int64_t nb = g.K / kBlock, nb4 = 4 * (nb / 4);
     const uint8_t* acts[NC];
-    for (int n = 0; n < NC; ++n) acts[n] = g.A + (n0 + n) * g.a_row_bytes;
-    const __m128 mmin = _mm_set1_ps(-(float)D::kMin);
+    const uint8_t* preps[NC];
+    for (int n = 0; n < NC; ++n) {
+        acts[n] = g.A + (n0 + n) * g.a_row_bytes;
+        preps[n] = g.P + (n0 + n) * g.p_row_bytes;
+    }
+    const __m256 mmin = _mm256_set1_ps(-(float)D::kMin);
+    const __m256i lane_order = _mm256_setr_epi32(0, 2, 0, 2, 1, 3, 1, 3);
+    const __m256i to_p = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);  // natural lanes -> lane order P
     for (int64_t r = 0; r < g.nrows; ++r) {
         const uint8_t* w = g.W + r * g.w_group_bytes;
-        __m256 acc[NC];
-        __m128 accm[NC];
-        for (int n = 0; n < NC; ++n) {
-            acc[n] = _mm256_setzero_ps();
-            accm[n] = _mm_setzero_ps();
-        }
+        __m256 acc[NC], accm[NC];
+        for (int n = 0; n < NC; ++n) acc[n] = accm[n] = _mm256_setzero_ps();
         for (int64_t b = 0; b < nb4; b += 4) {
             const uint8_t* blk = w + b * B;
             _mm_prefetch((const char*)(blk + kPrefetch), _MM_HINT_T0);
             _mm_prefetch((const char*)(blk + kPrefetch + 64), _MM_HINT_T0);
-            const __m128 dw = weight_scales4<B>(blk);
-            __m256i wq[4], wa[4];
-            for (int t = 0; t < 4; ++t) {
-                wq[t] = Dec::codes(blk + t * B);
-                if constexpr (kSigned) wa[t] = _mm256_sign_epi8(wq[t], wq[t]);
+            const __m256 dw = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(weight_scales4<B>(blk)), lane_order);
+            __m256i lo01, hi01, lo23, hi23;
+            Pair<Dec>::codes(blk, blk + B, lo01, hi01);
+            Pair<Dec>::codes(blk + 2 * B, blk + 3 * B, lo23, hi23);
+            __m256i slo01, shi01, slo23, shi23;
+            if constexpr (kSigned) {
+                slo01 = _mm256_sign_epi8(lo01, lo01);
+                shi01 = _mm256_sign_epi8(hi01, hi01);
+                slo23 = _mm256_sign_epi8(lo23, lo23);
+                shi23 = _mm256_sign_epi8(hi23, hi23);
             }
-            const __m128 dm = _mm_mul_ps(dw, mmin);
+            const __m256 dm = _mm256_mul_ps(dw, mmin);
             for (int n = 0; n < NC; ++n) {
-                const uint8_t* ag = acts[n] + act::kQ82GroupBytes * (b / 4);
-                __m256i p[4];
-                for (int t = 0; t < 4; ++t) {
-                    const __m256i a = load32(ag + act::kQ82GroupQs + 32 * t);
-                    p[t] = kSigned ? udot4(wa[t], _mm256_sign_epi8(a, wq[t])) : udot4(wq[t], a);
+                const uint8_t* pg = preps[n] + kPrepGroup * (b / 4);
+                __m256i x01, y01, x23, y23;
+                if constexpr (kSigned) {
+                    x01 = udot4(slo01, _mm256_sign_epi8(load32(pg + 64), lo01));
+                    y01 = udot4(shi01, _mm256_sign_epi8(load32(pg + 96), hi01));
+                    x23 = udot4(slo23, _mm256_sign_epi8(load32(pg + 128), lo23));
+                    y23 = udot4(shi23, _mm256_sign_epi8(load32(pg + 160), hi23));
+                } else {
+                    x01 = udot4(lo01, load32(pg + 64));
+                    y01 = udot4(hi01, load32(pg + 96));
+                    x23 = udot4(lo23, load32(pg + 128));
+                    y23 = udot4(hi23, load32(pg + 160));
                 }
-                const __m256i P = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
-                const __m128 da = act_scales4(ag);
-                const __m128 c4 = _mm_mul_ps(dw, da);
-                if constexpr (!kSigned) accm[n] = _mm_add_ps(accm[n], _mm_mul_ps(dm, _mm_mul_ps(da, act_sums4(ag))));
-                acc[n] = _mm256_fmadd_ps(_mm256_set_m128(c4, c4), _mm256_cvtepi32_ps(P), acc[n]);
+                const __m256i P = _mm256_hadd_epi32(_mm256_hadd_epi32(x01, x23), _mm256_hadd_epi32(y01, y23));
+                const __m256 da = _mm256_loadu_ps(reinterpret_cast<const float*>(pg));
+                if constexpr (!kSigned)
+                    accm[n] = _mm256_add_ps(accm[n], _mm256_mul_ps(dm, _mm256_loadu_ps(reinterpret_cast<const float*>(pg + 32))));
+                acc[n] = _mm256_fmadd_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(P), acc[n]);
             }
         }
         for (int64_t b = nb4; b < nb; ++b) {
@@ -139,25 +234,26 @@ void gemm_base_cols(const GemmArgs& g, int64_t n0) {
                 const uint8_t* ab = acts[n] + act::kQ82Bytes * b;
                 const float da = bf16_to_fp32(rd_u16(ab + act::kQ82D));
                 const __m256i a = load32(ab + act::kQ82Qs);
-                const __m256i p = kSigned ? udot4(wa, _mm256_sign_epi8(a, wq)) : udot4(wq, a);
+                const __m256i p = _mm256_permutevar8x32_epi32(kSigned ? udot4(wa, _mm256_sign_epi8(a, wq)) : udot4(wq, a), to_p);
                 if constexpr (!kSigned) {
                     const float s = (float)(int16_t)rd_u16(ab + act::kQ82S);
                     const float m = (-dw * (float)D::kMin) * (da * s);
-                    accm[n] = _mm_add_ps(accm[n], _mm_set1_ps(m * 0.25f));
+                    accm[n] = _mm256_add_ps(accm[n], _mm256_set1_ps(m * 0.25f));
                 }
                 acc[n] = _mm256_fmadd_ps(_mm256_set1_ps(dw * da), _mm256_cvtepi32_ps(p), acc[n]);
             }
         }
         for (int n = 0; n < NC; ++n) {
+            alignas(32) float a[8], m[8];
+            _mm256_store_ps(a, acc[n]);
             float out;
             if constexpr (kSigned) {
-                out = hsum8(acc[n]);
+                out = ((a[0] + a[2]) + (a[1] + a[3])) + ((a[4] + a[6]) + (a[5] + a[7]));
             } else {
-                __m128 v = _mm_add_ps(_mm256_castps256_ps128(acc[n]), _mm256_extractf128_ps(acc[n], 1));
-                v = _mm_add_ps(v, accm[n]);
-                v = _mm_add_ps(v, _mm_movehl_ps(v, v));
-                v = _mm_add_ss(v, _mm_movehdup_ps(v));
-                out = _mm_cvtss_f32(v);
+                _mm256_store_ps(m, accm[n]);
+                const float v0 = (a[0] + a[2]) + m[0], v2 = (a[1] + a[3]) + m[1];
+                const float v1 = (a[4] + a[6]) + m[4], v3 = (a[5] + a[7]) + m[5];
+                out = (v0 + v2) + (v1 + v3);
             }
             g.C[(n0 + n) * g.ldc + r] = out;
         }
@@ -421,6 +517,11 @@ void register_avx2_legacy(KernelTables& t) {
     t.types[T_Q5_0].gemm = gemm_base<DecQ5>;
     t.types[T_Q6_0].gemm = gemm_base<DecQ6>;
     t.types[T_IQ4_NL].gemm = gemm_base<DecNL>;
+    static const int kBases[] = {T_Q4_0, T_Q5_0, T_Q6_0, T_IQ4_NL};
+    for (int type : kBases) {
+        t.types[type].prepare_act = prepare_base;
+        t.types[type].prepared_bytes = prepared_base_bytes;
+    }
     t.types[T_Q4_0].to_large_batch = to_q8_0_r8<DecQ4>;
     t.types[T_Q5_0].to_large_batch = to_q8_0_r8<DecQ5>;
     t.types[T_Q6_0].to_large_batch = to_q8_0_r8<DecQ6>;
