@@ -161,40 +161,6 @@ void gemm_base(const GemmArgs& g) {
 }
 
 // ---------------------------------------------------------------- 4-row twins
-// The four code vectors of one r4 block as ik_llama.cpp's kernels prepare them: vector j holds,
-// per 128-bit lane h, rows 0..3 x 4 elements (lane 0: elements 4j..4j+3, lane 1: 16+4j..),
-// so dot(j) pairs with activation dword j of each 16-byte half.
-template <int kR4Type>
-inline void r4_prepare(const uint8_t* blk, __m256i q[4]) {
-    const __m256i m4 = _mm256_set1_epi8(0xf);
-    constexpr int qs_off = kR4Type == T_Q5_0_R4 ? 24 : kR4Type == T_Q6_0_R4 ? 40 : 8;
-    const __m256i bits1 = load32(blk + qs_off), bits2 = load32(blk + qs_off + 32);
-    q[0] = _mm256_and_si256(bits1, m4);
-    q[1] = _mm256_and_si256(bits2, m4);
-    q[2] = _mm256_and_si256(_mm256_srli_epi16(bits1, 4), m4);
-    q[3] = _mm256_and_si256(_mm256_srli_epi16(bits2, 4), m4);
-    if constexpr (kR4Type == T_Q5_0_R4) {
-        const __m256i m5 = _mm256_set1_epi8(0x10);
-        const __m128i h = load16(blk + 8);
-        const __m256i hb = _mm256_set_m128i(_mm_srli_epi16(h, 1), h);
-        q[0] = _mm256_or_si256(q[0], _mm256_and_si256(_mm256_slli_epi16(hb, 4), m5));
-        q[1] = _mm256_or_si256(q[1], _mm256_and_si256(_mm256_slli_epi16(hb, 2), m5));
-        q[2] = _mm256_or_si256(q[2], _mm256_and_si256(hb, m5));
-        q[3] = _mm256_or_si256(q[3], _mm256_and_si256(_mm256_srli_epi16(hb, 2), m5));
-    } else if constexpr (kR4Type == T_Q6_0_R4) {
-        const __m256i m6 = _mm256_set1_epi8(0x30);
-        const __m256i hb = load32(blk + 8);
-        q[0] = _mm256_or_si256(q[0], _mm256_and_si256(_mm256_slli_epi16(hb, 4), m6));
-        q[1] = _mm256_or_si256(q[1], _mm256_and_si256(_mm256_slli_epi16(hb, 2), m6));
-        q[2] = _mm256_or_si256(q[2], _mm256_and_si256(hb, m6));
-        q[3] = _mm256_or_si256(q[3], _mm256_and_si256(_mm256_srli_epi16(hb, 2), m6));
-    } else {
-        const __m128i t = load16(reinterpret_cast<const uint8_t*>(iq4nl_values()));
-        const __m256i tv = _mm256_set_m128i(t, t);
-        for (int j = 0; j < 4; ++j) q[j] = _mm256_shuffle_epi8(tv, q[j]);
-    }
-}
-
 template <int kR4Type>
 inline __m256i r4_dot(const __m256i q[4], __m256i y) {
     __m256i s = _mm256_setzero_si256();

@@ -1,4 +1,4 @@
-// AVX-512 kernels for q4_0, q5_0, q6_0, iq4_nl x q8_2_x4: the AVX2 kernels of
+// AVX-512 kernels for q4_0, q5_0, q6_0, iq4_nl, q5_0_r4, q6_0_r4, iq4_nl_r4 x q8_2_x4: the AVX2 kernels of
 // kernels/avx2/legacy.cpp with two weight rows per 512-bit register (row r in the low, row r+1
 // in the high 256 bits) and VNNI dot products. Every float lane does the same operations in the
 // same order as its AVX2 / scalar twin, so the results are bit-identical (docs/formats.md,
@@ -150,6 +150,77 @@ void gemm_base(const GemmArgs& g) {
     for_column_chunks(g, fns, 4);
 }
 
+// ---------------------------------------------------------------- 4-row twins
+// q5_0_r4 / q6_0_r4 / iq4_nl_r4: two row groups (i, i + groups/2) per 512-bit register, each
+// 256-bit half doing what kernels/avx2/legacy.cpp gemm_r4_cols does for one group.
+template <int kR4Type, int NC>
+void gemm_r4_cols(const GemmArgs& g, int64_t n0) {
+    constexpr int B = 4 * (kR4Type == T_Q5_0_R4 ? kQ5Bytes : kR4Type == T_Q6_0_R4 ? kQ6Bytes : kNlBytes);
+    constexpr bool kOffset = kR4Type != T_IQ4_NL_R4;
+    const float half_min = kR4Type == T_Q5_0_R4 ? -8.0f : -16.0f;
+    const int64_t nb = g.K / kBlock, nb4 = 4 * (nb / 4);
+    const uint8_t* acts[NC];
+    for (int n = 0; n < NC; ++n) acts[n] = g.A + (n0 + n) * g.a_row_bytes;
+    const int64_t ngroups = g.nrows / 4, half = ngroups / 2;
+    for (int64_t i = 0; i < half + (ngroups & 1); ++i) {
+        const bool pair = i < half;
+        const int64_t g0 = pair ? i : ngroups - 1, g1 = pair ? i + half : g0;
+        const uint8_t* w0 = g.W + g0 * g.w_group_bytes;
+        const uint8_t* w1 = g.W + g1 * g.w_group_bytes;
+        __m512 acc[NC];
+        for (int n = 0; n < NC; ++n) acc[n] = _mm512_setzero_ps();
+        for (int64_t b = 0; b < nb; ++b) {
+            const uint8_t* b0 = w0 + b * B;
+            const uint8_t* b1 = w1 + b * B;
+            _mm_prefetch((const char*)(b0 + kPrefetch), _MM_HINT_T0);
+            _mm_prefetch((const char*)(b0 + kPrefetch + 64), _MM_HINT_T0);
+            _mm_prefetch((const char*)(b1 + kPrefetch), _MM_HINT_T0);
+            _mm_prefetch((const char*)(b1 + kPrefetch + 64), _MM_HINT_T0);
+            const __m128 s0 = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b0)));
+            const __m128 s1 = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b1)));
+            const __m512 dw = joinf(_mm256_set_m128(s0, s0), _mm256_set_m128(s1, s1));
+            __m256i qa[4], qb[4];
+            r4_prepare<kR4Type>(b0, qa);
+            r4_prepare<kR4Type>(b1, qb);
+            __m512i q[4];
+            for (int j = 0; j < 4; ++j) q[j] = join(qa[j], qb[j]);
+            const int64_t so = act::q82_d_offset(b, nb4), ss = act::q82_s_offset(b, nb4), qo = act::q82_qs_offset(b, nb4);
+            for (int n = 0; n < NC; ++n) {
+                const float da = bf16_to_fp32(rd_u16(acts[n] + so));
+                const __m512i y = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(acts[n] + qo)));
+                const __m512i ys[4] = {_mm512_shuffle_epi32(y, _MM_PERM_AAAA), _mm512_shuffle_epi32(y, _MM_PERM_BBBB),
+                                       _mm512_shuffle_epi32(y, _MM_PERM_CCCC), _mm512_shuffle_epi32(y, _MM_PERM_DDDD)};
+                __m512i sumi;
+                if constexpr (kR4Type == T_IQ4_NL_R4) {
+                    sumi = _mm512_add_epi32(_mm512_add_epi32(sdot(q[0], ys[0]), sdot(q[1], ys[1])),
+                                            _mm512_add_epi32(sdot(q[2], ys[2]), sdot(q[3], ys[3])));
+                } else {
+                    sumi = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[0], ys[0]);
+                    for (int j = 1; j < 4; ++j) sumi = _mm512_dpbusd_epi32(sumi, q[j], ys[j]);
+                }
+                acc[n] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(da)), _mm512_cvtepi32_ps(sumi), acc[n]);
+                if constexpr (kOffset) {
+                    const float ms = half_min * (da * (float)(int16_t)rd_u16(acts[n] + ss));
+                    acc[n] = _mm512_fmadd_ps(dw, _mm512_set1_ps(ms), acc[n]);
+                }
+            }
+        }
+        for (int n = 0; n < NC; ++n) {
+            const __m256 lo = _mm512_castps512_ps256(acc[n]), hi = _mm512_extractf32x8_ps(acc[n], 1);
+            _mm_storeu_ps(g.C + (n0 + n) * g.ldc + g0 * 4, _mm_add_ps(_mm256_castps256_ps128(lo), _mm256_extractf128_ps(lo, 1)));
+            if (pair)
+                _mm_storeu_ps(g.C + (n0 + n) * g.ldc + g1 * 4, _mm_add_ps(_mm256_castps256_ps128(hi), _mm256_extractf128_ps(hi, 1)));
+        }
+    }
+}
+
+template <int kR4Type>
+void gemm_r4(const GemmArgs& g) {
+    static const ColsFn fns[] = {nullptr, gemm_r4_cols<kR4Type, 1>, gemm_r4_cols<kR4Type, 2>, gemm_r4_cols<kR4Type, 3>,
+                                 gemm_r4_cols<kR4Type, 4>};
+    for_column_chunks(g, fns, 4);
+}
+
 }  // namespace
 
 void register_avx512_legacy(KernelTables& t) {
@@ -158,6 +229,9 @@ void register_avx512_legacy(KernelTables& t) {
     t.types[T_Q5_0].gemm = gemm_base<DecQ5>;
     t.types[T_Q6_0].gemm = gemm_base<DecQ6>;
     t.types[T_IQ4_NL].gemm = gemm_base<DecNL>;
+    t.types[T_Q5_0_R4].gemm = gemm_r4<T_Q5_0_R4>;
+    t.types[T_Q6_0_R4].gemm = gemm_r4<T_Q6_0_R4>;
+    t.types[T_IQ4_NL_R4].gemm = gemm_r4<T_IQ4_NL_R4>;
 }
 
 }  // namespace iqkq
