@@ -1,4 +1,4 @@
-// AVX-512 kernels for q4_0, q5_0, q6_0, iq4_nl, q5_0_r4, q6_0_r4, iq4_nl_r4 x q8_2_x4: the AVX2 kernels of
+// AVX-512 kernels for q4_0, q5_0, q6_0, iq4_nl and their twins x q8_2_x4: the AVX2 kernels of
 // kernels/avx2/legacy.cpp with two weight rows per 512-bit register (row r in the low, row r+1
 // in the high 256 bits) and VNNI dot products. Every float lane does the same operations in the
 // same order as its AVX2 / scalar twin, so the results are bit-identical (docs/formats.md,
@@ -15,6 +15,9 @@ namespace {
 using namespace legacy;
 
 inline __m512i join(__m256i lo, __m256i hi) { return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1); }
+inline __m256i join2x128(const uint8_t* lo, const uint8_t* hi) {
+    return _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(hi), reinterpret_cast<const __m128i*>(lo));
+}
 inline __m512 joinf(__m256 lo, __m256 hi) { return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1); }
 
 // hadd_epi32 of every 128-bit lane: (a0 + a1, a2 + a3, b0 + b1, b2 + b3).
@@ -221,6 +224,111 @@ void gemm_r4(const GemmArgs& g) {
     for_column_chunks(g, fns, 4);
 }
 
+// ---------------------------------------------------------------- q4_0_r8
+// Two 8-row groups (i, i + groups/2) per 512-bit register; each 256-bit half does what
+// kernels/avx2/legacy.cpp does for one group (multi-column and one-column float orders).
+inline void r8_prepare2(const uint8_t* b0, const uint8_t* b1, __m512i v[8]) {
+    const __m512i m4 = _mm512_set1_epi8(0xf);
+    for (int l = 0; l < 4; ++l) {
+        const __m512i bits = join(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b0 + 16 + 32 * l)),
+                                  _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b1 + 16 + 32 * l)));
+        v[l] = _mm512_and_si512(bits, m4);
+        v[l + 4] = _mm512_and_si512(_mm512_srli_epi16(bits, 4), m4);
+    }
+}
+inline __m512i r8_dot2(const __m512i v[8], const uint8_t* q) {
+    const __m512i yl = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q)));
+    const __m512i yh = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 16)));
+    __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), v[0], _mm512_shuffle_epi32(yl, _MM_PERM_AAAA));
+    s = _mm512_dpbusd_epi32(s, v[1], _mm512_shuffle_epi32(yl, _MM_PERM_BBBB));
+    s = _mm512_dpbusd_epi32(s, v[2], _mm512_shuffle_epi32(yl, _MM_PERM_CCCC));
+    s = _mm512_dpbusd_epi32(s, v[3], _mm512_shuffle_epi32(yl, _MM_PERM_DDDD));
+    s = _mm512_dpbusd_epi32(s, v[4], _mm512_shuffle_epi32(yh, _MM_PERM_AAAA));
+    s = _mm512_dpbusd_epi32(s, v[5], _mm512_shuffle_epi32(yh, _MM_PERM_BBBB));
+    s = _mm512_dpbusd_epi32(s, v[6], _mm512_shuffle_epi32(yh, _MM_PERM_CCCC));
+    return _mm512_dpbusd_epi32(s, v[7], _mm512_shuffle_epi32(yh, _MM_PERM_DDDD));
+}
+inline __m512 r8_scales2(const uint8_t* b0, const uint8_t* b1) {
+    return _mm512_cvtph_ps(join2x128(b0, b1));
+}
+inline void prefetch_r8(const uint8_t* blk) {
+    for (int l = 0; l < 3; ++l) _mm_prefetch((const char*)(blk + kPrefetch + 64 * l), _MM_HINT_T0);
+}
+
+template <int NC, bool kSingle>
+void gemm_q4_0_r8_cols(const GemmArgs& g, int64_t n0) {
+    const int64_t nb = g.K / kBlock, nb4 = 4 * (nb / 4);
+    const uint8_t* acts[NC];
+    for (int n = 0; n < NC; ++n) acts[n] = g.A + (n0 + n) * g.a_row_bytes;
+    const __m512 m8 = _mm512_set1_ps(-8.0f);
+    const int64_t ngroups = g.nrows / 8, half = ngroups / 2;
+    for (int64_t i = 0; i < half + (ngroups & 1); ++i) {
+        const bool pair = i < half;
+        const int64_t g0 = pair ? i : ngroups - 1, g1 = pair ? i + half : g0;
+        const uint8_t* w0 = g.W + g0 * g.w_group_bytes;
+        const uint8_t* w1 = g.W + g1 * g.w_group_bytes;
+        __m512 acc[NC], acc2[NC];
+        for (int n = 0; n < NC; ++n) acc[n] = acc2[n] = _mm512_setzero_ps();
+        for (int64_t b = 0; b < nb; ++b) {
+            const uint8_t* b0 = w0 + b * kR8Q4Bytes;
+            const uint8_t* b1 = w1 + b * kR8Q4Bytes;
+            prefetch_r8(b0);
+            prefetch_r8(b1);
+            const __m512 dw = r8_scales2(b0, b1);
+            if (!kSingle && b < nb4 && b % 4 == 0) {
+                __m512 d4[4];
+                d4[0] = dw;
+                for (int k = 1; k < 4; ++k) d4[k] = r8_scales2(b0 + k * kR8Q4Bytes, b1 + k * kR8Q4Bytes);
+                for (int n = 0; n < NC; ++n) {
+                    float mv[4];
+                    for (int k = 0; k < 4; ++k) {
+                        const uint8_t* a = acts[n];
+                        mv[k] = bf16_to_fp32(rd_u16(a + act::q82_d_offset(b + k, nb4))) *
+                                (float)(int16_t)rd_u16(a + act::q82_s_offset(b + k, nb4));
+                    }
+                    __m512 sf = _mm512_mul_ps(d4[0], _mm512_set1_ps(mv[0]));
+                    for (int k = 1; k < 4; ++k) sf = _mm512_fmadd_ps(d4[k], _mm512_set1_ps(mv[k]), sf);
+                    acc[n] = _mm512_fmadd_ps(sf, m8, acc[n]);
+                }
+            }
+            __m512i v[8];
+            r8_prepare2(b0, b1, v);
+            const __m512 dwm = _mm512_mul_ps(dw, m8);
+            for (int n = 0; n < NC; ++n) {
+                const uint8_t* a = acts[n];
+                const float da = bf16_to_fp32(rd_u16(a + act::q82_d_offset(b, nb4)));
+                const float mm = da * (float)(int16_t)rd_u16(a + act::q82_s_offset(b, nb4));
+                const __m512i sumi = r8_dot2(v, a + act::q82_qs_offset(b, nb4));
+                acc[n] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(da)), _mm512_cvtepi32_ps(sumi), acc[n]);
+                if (kSingle) acc2[n] = _mm512_fmadd_ps(dw, _mm512_set1_ps(mm), acc2[n]);
+                else if (b >= nb4) acc[n] = _mm512_fmadd_ps(dwm, _mm512_set1_ps(mm), acc[n]);
+            }
+        }
+        for (int n = 0; n < NC; ++n) {
+            const __m512 y = kSingle ? _mm512_fmadd_ps(acc2[n], m8, acc[n]) : acc[n];
+            _mm256_storeu_ps(g.C + (n0 + n) * g.ldc + g0 * 8, _mm512_castps512_ps256(y));
+            if (pair) _mm256_storeu_ps(g.C + (n0 + n) * g.ldc + g1 * 8, _mm512_extractf32x8_ps(y, 1));
+        }
+    }
+}
+
+void gemm_q4_0_r8(const GemmArgs& g) {
+    static const ColsFn fns[] = {nullptr, gemm_q4_0_r8_cols<1, false>, gemm_q4_0_r8_cols<2, false>,
+                                 gemm_q4_0_r8_cols<3, false>, gemm_q4_0_r8_cols<4, false>};
+    if (g.single_col < 0) {
+        for_column_chunks(g, fns, 4);
+        return;
+    }
+    GemmArgs h = g;
+    h.ncols = g.single_col;
+    if (h.ncols > 0) for_column_chunks(h, fns, 4);
+    gemm_q4_0_r8_cols<1, true>(g, g.single_col);
+    h.A = g.A + (g.single_col + 1) * g.a_row_bytes;
+    h.C = g.C + (g.single_col + 1) * g.ldc;
+    h.ncols = g.ncols - g.single_col - 1;
+    if (h.ncols > 0) for_column_chunks(h, fns, 4);
+}
+
 }  // namespace
 
 void register_avx512_legacy(KernelTables& t) {
@@ -232,6 +340,7 @@ void register_avx512_legacy(KernelTables& t) {
     t.types[T_Q5_0_R4].gemm = gemm_r4<T_Q5_0_R4>;
     t.types[T_Q6_0_R4].gemm = gemm_r4<T_Q6_0_R4>;
     t.types[T_IQ4_NL_R4].gemm = gemm_r4<T_IQ4_NL_R4>;
+    t.types[T_Q4_0_R8].gemm = gemm_q4_0_r8;
 }
 
 }  // namespace iqkq
