@@ -230,6 +230,7 @@ struct Plan {
     size_t rb = 0, krb = 0;
     int64_t rows = 0, K = 0, N = 0;
     int64_t rt = 0, ct = 0, nrt = 0, nct = 0, cchunk = 0;
+    int64_t single = -1;  // GemmArgs::single_col as a column index of the N columns
     GemmFn gemm = nullptr;
     RepackFn conv = nullptr;
     int64_t ntasks() const { return nrt * nct; }
@@ -253,6 +254,10 @@ Plan make_plan(const KernelTables& kt, int type, int64_t rows, int64_t K, int64_
     p.gemm = k.gemm;
     p.conv = convert ? kt.types[type].to_large_batch : nullptr;
     p.cchunk = k.max_cols ? std::max<int64_t>(1, std::min(kColChunk, k.max_cols(K))) : kColChunk;
+    // The column ik_llama.cpp computes with its one-column kernel (single thread): N = 1, or the
+    // last column when fewer than 32 rows make it tile the batch by 32 columns and one is left
+    // over (iqk_mul_mat, MulMat::mul_mat_NxM; docs/formats.md, "Legacy 32-blocks").
+    p.single = N == 1 ? 0 : (!convert && rows < 32 && N > 16 && N % 32 == 1) ? N - 1 : -1;
     const int64_t G = p.G;
     // Without conversion: rounded up to a multiple of two row groups. The AVX-512 kernels work
     // on pairs of row groups (pairs of rows for G = 1), and a lone group at the end of a tile
@@ -292,6 +297,7 @@ void run_tile(const Plan& p, const uint8_t* W, const Activations& a, int64_t off
             g.P = a.prep.p + (size_t)(off + n0) * a.pb;
             g.p_row_bytes = a.pb;
         }
+        if (p.single >= n0 && p.single < n0 + g.ncols) g.single_col = p.single - n0;
         p.gemm(g);
     }
 }

@@ -19,6 +19,14 @@ enum TypeIndex : int {
     T_IQ4_KS_R4,
     T_IQ3_XXS,
     T_IQ3_XXS_R4,
+    T_Q4_0,
+    T_Q4_0_R8,
+    T_Q5_0,
+    T_Q5_0_R4,
+    T_Q6_0,
+    T_Q6_0_R4,
+    T_IQ4_NL,
+    T_IQ4_NL_R4,
     T_COUNT
 };
 
@@ -72,6 +80,11 @@ struct GemmArgs {
     size_t ldc;
     const uint8_t* P = nullptr;
     size_t p_row_bytes = 0;
+    // The activation column (index relative to A) that ik_llama.cpp's driver hands to its
+    // one-column kernel on its own, or -1 (set by the driver for every call; only kernels whose
+    // ik_llama.cpp one-column variant has another float order look at it, docs/formats.md,
+    // "Legacy 32-blocks: the one-column rule").
+    int64_t single_col = -1;
 };
 using GemmFn = void (*)(const GemmArgs& args);
 
@@ -143,6 +156,14 @@ inline constexpr TypeTraits kTypes[T_COUNT] = {
     {T_IQ4_KS_R4,  "iq4_ks_r4", 344, 256, 136,   4,  4, A_Q8_K32,  false, -1,           T_IQ4_KS,  -1,          0},
     {T_IQ3_XXS,    "iq3_xxs",    18, 256,  98,   0,  1, A_Q8_K,    false, T_IQ3_XXS_R4, -1,        T_Q8_K_R8,  32},
     {T_IQ3_XXS_R4, "iq3_xxs_r4", 218, 256, 98,   0,  4, A_Q8_K,    false, -1,           T_IQ3_XXS, -1,          0},
+    {T_Q4_0,       "q4_0",        2,  32,  18,   0,  1, A_Q8_2_X4, false, T_Q4_0_R8,    -1,        T_Q8_0_R8,  32},
+    {T_Q4_0_R8,    "q4_0_r8",   202,  32,  18,   0,  8, A_Q8_2_X4, false, -1,           T_Q4_0,    -1,          0},
+    {T_Q5_0,       "q5_0",        6,  32,  22,   0,  1, A_Q8_2_X4, false, T_Q5_0_R4,    -1,        T_Q8_0_R8,  32},
+    {T_Q5_0_R4,    "q5_0_r4",   206,  32,  22,   0,  4, A_Q8_2_X4, false, -1,           T_Q5_0,    -1,          0},
+    {T_Q6_0,       "q6_0",      133,  32,  26,   0,  1, A_Q8_2_X4, false, T_Q6_0_R4,    -1,        T_Q8_0_R8,  32},
+    {T_Q6_0_R4,    "q6_0_r4",   233,  32,  26,   0,  4, A_Q8_2_X4, false, -1,           T_Q6_0,    -1,          0},
+    {T_IQ4_NL,     "iq4_nl",     20,  32,  18,   0,  1, A_Q8_2_X4, false, T_IQ4_NL_R4,  -1,        T_Q8_0_R8,  32},
+    {T_IQ4_NL_R4,  "iq4_nl_r4", 220,  32,  18,   0,  4, A_Q8_2_X4, false, -1,           T_IQ4_NL,  -1,          0},
 };
 
 // Compile-time consistency of the tables: rows in enum order, twins pointing at each other

@@ -1,0 +1,346 @@
+// AVX-512 kernels for q4_0, q5_0, q6_0, iq4_nl and their twins x q8_2_x4: the AVX2 kernels of
+// kernels/avx2/legacy.cpp with two weight rows per 512-bit register (row r in the low, row r+1
+// in the high 256 bits) and VNNI dot products. Every float lane does the same operations in the
+// same order as its AVX2 / scalar twin, so the results are bit-identical (docs/formats.md,
+// "Legacy 32-blocks"); only the exact integer sums are formed differently.
+#include "common.h"
+#include "formats/act.h"
+#include "formats/legacy.h"
+#include "kernels/avx2/legacy_dec.h"
+#include "kernels/avx2/simd.h"
+#include "types.h"
+
+namespace iqkq {
+namespace {
+using namespace legacy;
+
+inline __m512i join(__m256i lo, __m256i hi) { return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1); }
+inline __m256i join2x128(const uint8_t* lo, const uint8_t* hi) {
+    return _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(hi), reinterpret_cast<const __m128i*>(lo));
+}
+inline __m512 joinf(__m256 lo, __m256 hi) { return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1); }
+
+// hadd_epi32 of every 128-bit lane: (a0 + a1, a2 + a3, b0 + b1, b2 + b3).
+inline __m512i hadd_lanes(__m512i a, __m512i b) {
+    const __m512 fa = _mm512_castsi512_ps(a), fb = _mm512_castsi512_ps(b);
+    const __m512i even = _mm512_castps_si512(_mm512_shuffle_ps(fa, fb, 0x88));
+    const __m512i odd = _mm512_castps_si512(_mm512_shuffle_ps(fa, fb, 0xdd));
+    return _mm512_add_epi32(even, odd);
+}
+
+// Signed weights w (never 0 for iq4_nl) times signed activations a: |w| . (a negated where w < 0).
+inline __m512i sdot(__m512i w, __m512i a) {
+    const __mmask64 neg = _mm512_movepi8_mask(w);
+    return _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(w), _mm512_mask_sub_epi8(a, neg, _mm512_setzero_si512(), a));
+}
+inline __m512i udot(__m512i u, __m512i a) { return _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, a); }
+
+template <typename Dec, int NC>
+void gemm_base_cols(const GemmArgs& g, int64_t n0) {
+    using D = typename Dec::D;
+    constexpr bool kSigned = D::kMin == 0;
+    constexpr int B = D::kBytes;
+    const int64_t nb = g.K / kBlock, nb4 = 4 * (nb / 4);
+    const uint8_t* acts[NC];
+    const uint8_t* preps[NC];
+    for (int n = 0; n < NC; ++n) {
+        acts[n] = g.A + (n0 + n) * g.a_row_bytes;
+        preps[n] = g.P + (n0 + n) * g.p_row_bytes;
+    }
+    const __m512 mmin = _mm512_set1_ps(-(float)D::kMin);
+    const __m512i lane_order = _mm512_setr_epi32(0, 2, 0, 2, 1, 3, 1, 3, 4, 6, 4, 6, 5, 7, 5, 7);
+    const __m256i to_p = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    // Rows i and i + half share a register: two weight streams far enough apart that each
+    // keeps its own prefetch (adjacent rows would make one stream's prefetches hit the other's
+    // data). An odd last row is computed twice and stored once.
+    const int64_t half = g.nrows / 2;
+    for (int64_t i = 0; i < half + (g.nrows & 1); ++i) {
+        const bool pair = i < half;
+        const int64_t r0 = pair ? i : g.nrows - 1, r1 = pair ? i + half : r0;
+        const uint8_t* w0 = g.W + r0 * g.w_group_bytes;
+        const uint8_t* w1 = g.W + r1 * g.w_group_bytes;
+        __m512 acc[NC], accm[NC];
+        for (int n = 0; n < NC; ++n) acc[n] = accm[n] = _mm512_setzero_ps();
+        for (int64_t b = 0; b < nb4; b += 4) {
+            const uint8_t* b0 = w0 + b * B;
+            const uint8_t* b1 = w1 + b * B;
+            _mm_prefetch((const char*)(b0 + kPrefetch), _MM_HINT_T0);
+            _mm_prefetch((const char*)(b0 + kPrefetch + 64), _MM_HINT_T0);
+            _mm_prefetch((const char*)(b1 + kPrefetch), _MM_HINT_T0);
+            _mm_prefetch((const char*)(b1 + kPrefetch + 64), _MM_HINT_T0);
+            const __m256 d8 = _mm256_set_m128(weight_scales4<B>(b1), weight_scales4<B>(b0));
+            const __m512 dw = _mm512_permutexvar_ps(lane_order, _mm512_castps256_ps512(d8));
+            __m256i l01a, h01a, l23a, h23a, l01b, h01b, l23b, h23b;
+            Pair<Dec>::codes(b0, b0 + B, l01a, h01a);
+            Pair<Dec>::codes(b0 + 2 * B, b0 + 3 * B, l23a, h23a);
+            Pair<Dec>::codes(b1, b1 + B, l01b, h01b);
+            Pair<Dec>::codes(b1 + 2 * B, b1 + 3 * B, l23b, h23b);
+            const __m512i lo01 = join(l01a, l01b), hi01 = join(h01a, h01b);
+            const __m512i lo23 = join(l23a, l23b), hi23 = join(h23a, h23b);
+            const __m512 dm = _mm512_mul_ps(dw, mmin);
+            for (int n = 0; n < NC; ++n) {
+                const uint8_t* pg = preps[n] + kPrepGroup * (b / 4);
+                auto bc = [pg](int off) {
+                    return _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(pg + off)));
+                };
+                __m512i x01, y01, x23, y23;
+                if constexpr (kSigned) {
+                    x01 = sdot(lo01, bc(64));
+                    y01 = sdot(hi01, bc(96));
+                    x23 = sdot(lo23, bc(128));
+                    y23 = sdot(hi23, bc(160));
+                } else {
+                    x01 = udot(lo01, bc(64));
+                    y01 = udot(hi01, bc(96));
+                    x23 = udot(lo23, bc(128));
+                    y23 = udot(hi23, bc(160));
+                }
+                const __m512i P = hadd_lanes(hadd_lanes(x01, x23), hadd_lanes(y01, y23));
+                const __m512 da = _mm512_broadcast_f32x8(_mm256_loadu_ps(reinterpret_cast<const float*>(pg)));
+                if constexpr (!kSigned) {
+                    const __m512 ds = _mm512_broadcast_f32x8(_mm256_loadu_ps(reinterpret_cast<const float*>(pg + 32)));
+                    accm[n] = _mm512_add_ps(accm[n], _mm512_mul_ps(dm, ds));
+                }
+                acc[n] = _mm512_fmadd_ps(_mm512_mul_ps(dw, da), _mm512_cvtepi32_ps(P), acc[n]);
+            }
+        }
+        for (int64_t b = nb4; b < nb; ++b) {
+            const uint8_t* b0 = w0 + b * B;
+            const uint8_t* b1 = w1 + b * B;
+            const float d0 = _cvtsh_ss(rd_u16(b0)), d1 = _cvtsh_ss(rd_u16(b1));
+            const __m512i wq = join(Dec::codes(b0), Dec::codes(b1));
+            for (int n = 0; n < NC; ++n) {
+                const uint8_t* ab = acts[n] + act::kQ82Bytes * b;
+                const float da = bf16_to_fp32(rd_u16(ab + act::kQ82D));
+                const __m512i a = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab + act::kQ82Qs)));
+                const __m512i p = kSigned ? sdot(wq, a) : udot(wq, a);
+                const __m512i pp = join(_mm256_permutevar8x32_epi32(_mm512_castsi512_si256(p), to_p),
+                                        _mm256_permutevar8x32_epi32(_mm512_extracti64x4_epi64(p, 1), to_p));
+                if constexpr (!kSigned) {
+                    const float s = (float)(int16_t)rd_u16(ab + act::kQ82S);
+                    const float m0 = (-d0 * (float)D::kMin) * (da * s), m1 = (-d1 * (float)D::kMin) * (da * s);
+                    accm[n] = _mm512_add_ps(accm[n], joinf(_mm256_set1_ps(m0 * 0.25f), _mm256_set1_ps(m1 * 0.25f)));
+                }
+                const __m512 c = joinf(_mm256_set1_ps(d0 * da), _mm256_set1_ps(d1 * da));
+                acc[n] = _mm512_fmadd_ps(c, _mm512_cvtepi32_ps(pp), acc[n]);
+            }
+        }
+        for (int n = 0; n < NC; ++n) {
+            alignas(64) float a[16], m[16];
+            _mm512_store_ps(a, acc[n]);
+            _mm512_store_ps(m, accm[n]);
+            for (int h = 0; h < (pair ? 2 : 1); ++h) {
+                const float* x = a + 8 * h;
+                const float* y = m + 8 * h;
+                float out;
+                if constexpr (kSigned) {
+                    out = ((x[0] + x[2]) + (x[1] + x[3])) + ((x[4] + x[6]) + (x[5] + x[7]));
+                } else {
+                    const float v0 = (x[0] + x[2]) + y[0], v2 = (x[1] + x[3]) + y[1];
+                    const float v1 = (x[4] + x[6]) + y[4], v3 = (x[5] + x[7]) + y[5];
+                    out = (v0 + v2) + (v1 + v3);
+                }
+                g.C[(n0 + n) * g.ldc + (h ? r1 : r0)] = out;
+            }
+        }
+    }
+}
+
+template <typename Dec>
+void gemm_base(const GemmArgs& g) {
+    static const ColsFn fns[] = {nullptr, gemm_base_cols<Dec, 1>, gemm_base_cols<Dec, 2>, gemm_base_cols<Dec, 3>,
+                                 gemm_base_cols<Dec, 4>};
+    for_column_chunks(g, fns, 4);
+}
+
+// ---------------------------------------------------------------- 4-row twins
+// q5_0_r4 / q6_0_r4 / iq4_nl_r4: two row groups (i, i + groups/2) per 512-bit register, each
+// 256-bit half doing what kernels/avx2/legacy.cpp gemm_r4_cols does for one group.
+template <int kR4Type, int NC>
+void gemm_r4_cols(const GemmArgs& g, int64_t n0) {
+    constexpr int B = 4 * (kR4Type == T_Q5_0_R4 ? kQ5Bytes : kR4Type == T_Q6_0_R4 ? kQ6Bytes : kNlBytes);
+    constexpr bool kOffset = kR4Type != T_IQ4_NL_R4;
+    const float half_min = kR4Type == T_Q5_0_R4 ? -8.0f : -16.0f;
+    const int64_t nb = g.K / kBlock, nb4 = 4 * (nb / 4);
+    const uint8_t* acts[NC];
+    for (int n = 0; n < NC; ++n) acts[n] = g.A + (n0 + n) * g.a_row_bytes;
+    const int64_t ngroups = g.nrows / 4, half = ngroups / 2;
+    for (int64_t i = 0; i < half + (ngroups & 1); ++i) {
+        const bool pair = i < half;
+        const int64_t g0 = pair ? i : ngroups - 1, g1 = pair ? i + half : g0;
+        const uint8_t* w0 = g.W + g0 * g.w_group_bytes;
+        const uint8_t* w1 = g.W + g1 * g.w_group_bytes;
+        __m512 acc[NC];
+        for (int n = 0; n < NC; ++n) acc[n] = _mm512_setzero_ps();
+        for (int64_t b = 0; b < nb; ++b) {
+            const uint8_t* b0 = w0 + b * B;
+            const uint8_t* b1 = w1 + b * B;
+            _mm_prefetch((const char*)(b0 + kPrefetch), _MM_HINT_T0);
+            _mm_prefetch((const char*)(b0 + kPrefetch + 64), _MM_HINT_T0);
+            _mm_prefetch((const char*)(b1 + kPrefetch), _MM_HINT_T0);
+            _mm_prefetch((const char*)(b1 + kPrefetch + 64), _MM_HINT_T0);
+            const __m128 s0 = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b0)));
+            const __m128 s1 = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b1)));
+            const __m512 dw = joinf(_mm256_set_m128(s0, s0), _mm256_set_m128(s1, s1));
+            __m256i qa[4], qb[4];
+            r4_prepare<kR4Type>(b0, qa);
+            r4_prepare<kR4Type>(b1, qb);
+            __m512i q[4];
+            for (int j = 0; j < 4; ++j) q[j] = join(qa[j], qb[j]);
+            const int64_t so = act::q82_d_offset(b, nb4), ss = act::q82_s_offset(b, nb4), qo = act::q82_qs_offset(b, nb4);
+            for (int n = 0; n < NC; ++n) {
+                const float da = bf16_to_fp32(rd_u16(acts[n] + so));
+                const __m512i y = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(acts[n] + qo)));
+                const __m512i ys[4] = {_mm512_shuffle_epi32(y, _MM_PERM_AAAA), _mm512_shuffle_epi32(y, _MM_PERM_BBBB),
+                                       _mm512_shuffle_epi32(y, _MM_PERM_CCCC), _mm512_shuffle_epi32(y, _MM_PERM_DDDD)};
+                __m512i sumi;
+                if constexpr (kR4Type == T_IQ4_NL_R4) {
+                    sumi = _mm512_add_epi32(_mm512_add_epi32(sdot(q[0], ys[0]), sdot(q[1], ys[1])),
+                                            _mm512_add_epi32(sdot(q[2], ys[2]), sdot(q[3], ys[3])));
+                } else {
+                    sumi = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[0], ys[0]);
+                    for (int j = 1; j < 4; ++j) sumi = _mm512_dpbusd_epi32(sumi, q[j], ys[j]);
+                }
+                acc[n] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(da)), _mm512_cvtepi32_ps(sumi), acc[n]);
+                if constexpr (kOffset) {
+                    const float ms = half_min * (da * (float)(int16_t)rd_u16(acts[n] + ss));
+                    acc[n] = _mm512_fmadd_ps(dw, _mm512_set1_ps(ms), acc[n]);
+                }
+            }
+        }
+        for (int n = 0; n < NC; ++n) {
+            const __m256 lo = _mm512_castps512_ps256(acc[n]), hi = _mm512_extractf32x8_ps(acc[n], 1);
+            _mm_storeu_ps(g.C + (n0 + n) * g.ldc + g0 * 4, _mm_add_ps(_mm256_castps256_ps128(lo), _mm256_extractf128_ps(lo, 1)));
+            if (pair)
+                _mm_storeu_ps(g.C + (n0 + n) * g.ldc + g1 * 4, _mm_add_ps(_mm256_castps256_ps128(hi), _mm256_extractf128_ps(hi, 1)));
+        }
+    }
+}
+
+template <int kR4Type>
+void gemm_r4(const GemmArgs& g) {
+    static const ColsFn fns[] = {nullptr, gemm_r4_cols<kR4Type, 1>, gemm_r4_cols<kR4Type, 2>, gemm_r4_cols<kR4Type, 3>,
+                                 gemm_r4_cols<kR4Type, 4>};
+    for_column_chunks(g, fns, 4);
+}
+
+// ---------------------------------------------------------------- q4_0_r8
+// Two 8-row groups (i, i + groups/2) per 512-bit register; each 256-bit half does what
+// kernels/avx2/legacy.cpp does for one group (multi-column and one-column float orders).
+inline void r8_prepare2(const uint8_t* b0, const uint8_t* b1, __m512i v[8]) {
+    const __m512i m4 = _mm512_set1_epi8(0xf);
+    for (int l = 0; l < 4; ++l) {
+        const __m512i bits = join(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b0 + 16 + 32 * l)),
+                                  _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b1 + 16 + 32 * l)));
+        v[l] = _mm512_and_si512(bits, m4);
+        v[l + 4] = _mm512_and_si512(_mm512_srli_epi16(bits, 4), m4);
+    }
+}
+inline __m512i r8_dot2(const __m512i v[8], const uint8_t* q) {
+    const __m512i yl = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q)));
+    const __m512i yh = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 16)));
+    __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), v[0], _mm512_shuffle_epi32(yl, _MM_PERM_AAAA));
+    s = _mm512_dpbusd_epi32(s, v[1], _mm512_shuffle_epi32(yl, _MM_PERM_BBBB));
+    s = _mm512_dpbusd_epi32(s, v[2], _mm512_shuffle_epi32(yl, _MM_PERM_CCCC));
+    s = _mm512_dpbusd_epi32(s, v[3], _mm512_shuffle_epi32(yl, _MM_PERM_DDDD));
+    s = _mm512_dpbusd_epi32(s, v[4], _mm512_shuffle_epi32(yh, _MM_PERM_AAAA));
+    s = _mm512_dpbusd_epi32(s, v[5], _mm512_shuffle_epi32(yh, _MM_PERM_BBBB));
+    s = _mm512_dpbusd_epi32(s, v[6], _mm512_shuffle_epi32(yh, _MM_PERM_CCCC));
+    return _mm512_dpbusd_epi32(s, v[7], _mm512_shuffle_epi32(yh, _MM_PERM_DDDD));
+}
+inline __m512 r8_scales2(const uint8_t* b0, const uint8_t* b1) {
+    return _mm512_cvtph_ps(join2x128(b0, b1));
+}
+inline void prefetch_r8(const uint8_t* blk) {
+    for (int l = 0; l < 3; ++l) _mm_prefetch((const char*)(blk + kPrefetch + 64 * l), _MM_HINT_T0);
+}
+
+template <int NC, bool kSingle>
+void gemm_q4_0_r8_cols(const GemmArgs& g, int64_t n0) {
+    const int64_t nb = g.K / kBlock, nb4 = 4 * (nb / 4);
+    const uint8_t* acts[NC];
+    for (int n = 0; n < NC; ++n) acts[n] = g.A + (n0 + n) * g.a_row_bytes;
+    const __m512 m8 = _mm512_set1_ps(-8.0f);
+    const int64_t ngroups = g.nrows / 8, half = ngroups / 2;
+    for (int64_t i = 0; i < half + (ngroups & 1); ++i) {
+        const bool pair = i < half;
+        const int64_t g0 = pair ? i : ngroups - 1, g1 = pair ? i + half : g0;
+        const uint8_t* w0 = g.W + g0 * g.w_group_bytes;
+        const uint8_t* w1 = g.W + g1 * g.w_group_bytes;
+        __m512 acc[NC], acc2[NC];
+        for (int n = 0; n < NC; ++n) acc[n] = acc2[n] = _mm512_setzero_ps();
+        for (int64_t b = 0; b < nb; ++b) {
+            const uint8_t* b0 = w0 + b * kR8Q4Bytes;
+            const uint8_t* b1 = w1 + b * kR8Q4Bytes;
+            prefetch_r8(b0);
+            prefetch_r8(b1);
+            const __m512 dw = r8_scales2(b0, b1);
+            if (!kSingle && b < nb4 && b % 4 == 0) {
+                __m512 d4[4];
+                d4[0] = dw;
+                for (int k = 1; k < 4; ++k) d4[k] = r8_scales2(b0 + k * kR8Q4Bytes, b1 + k * kR8Q4Bytes);
+                for (int n = 0; n < NC; ++n) {
+                    float mv[4];
+                    for (int k = 0; k < 4; ++k) {
+                        const uint8_t* a = acts[n];
+                        mv[k] = bf16_to_fp32(rd_u16(a + act::q82_d_offset(b + k, nb4))) *
+                                (float)(int16_t)rd_u16(a + act::q82_s_offset(b + k, nb4));
+                    }
+                    __m512 sf = _mm512_mul_ps(d4[0], _mm512_set1_ps(mv[0]));
+                    for (int k = 1; k < 4; ++k) sf = _mm512_fmadd_ps(d4[k], _mm512_set1_ps(mv[k]), sf);
+                    acc[n] = _mm512_fmadd_ps(sf, m8, acc[n]);
+                }
+            }
+            __m512i v[8];
+            r8_prepare2(b0, b1, v);
+            const __m512 dwm = _mm512_mul_ps(dw, m8);
+            for (int n = 0; n < NC; ++n) {
+                const uint8_t* a = acts[n];
+                const float da = bf16_to_fp32(rd_u16(a + act::q82_d_offset(b, nb4)));
+                const float mm = da * (float)(int16_t)rd_u16(a + act::q82_s_offset(b, nb4));
+                const __m512i sumi = r8_dot2(v, a + act::q82_qs_offset(b, nb4));
+                acc[n] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(da)), _mm512_cvtepi32_ps(sumi), acc[n]);
+                if (kSingle) acc2[n] = _mm512_fmadd_ps(dw, _mm512_set1_ps(mm), acc2[n]);
+                else if (b >= nb4) acc[n] = _mm512_fmadd_ps(dwm, _mm512_set1_ps(mm), acc[n]);
+            }
+        }
+        for (int n = 0; n < NC; ++n) {
+            const __m512 y = kSingle ? _mm512_fmadd_ps(acc2[n], m8, acc[n]) : acc[n];
+            _mm256_storeu_ps(g.C + (n0 + n) * g.ldc + g0 * 8, _mm512_castps512_ps256(y));
+            if (pair) _mm256_storeu_ps(g.C + (n0 + n) * g.ldc + g1 * 8, _mm512_extractf32x8_ps(y, 1));
+        }
+    }
+}
+
+void gemm_q4_0_r8(const GemmArgs& g) {
+    static const ColsFn fns[] = {nullptr, gemm_q4_0_r8_cols<1, false>, gemm_q4_0_r8_cols<2, false>,
+                                 gemm_q4_0_r8_cols<3, false>, gemm_q4_0_r8_cols<4, false>};
+    if (g.single_col < 0) {
+        for_column_chunks(g, fns, 4);
+        return;
+    }
+    GemmArgs h = g;
+    h.ncols = g.single_col;
+    if (h.ncols > 0) for_column_chunks(h, fns, 4);
+    gemm_q4_0_r8_cols<1, true>(g, g.single_col);
+    h.A = g.A + (g.single_col + 1) * g.a_row_bytes;
+    h.C = g.C + (g.single_col + 1) * g.ldc;
+    h.ncols = g.ncols - g.single_col - 1;
+    if (h.ncols > 0) for_column_chunks(h, fns, 4);
+}
+
+}  // namespace
+
+void register_avx512_legacy(KernelTables& t) {
+    // The prepared activation layout (prepare_act) is the AVX2 one, inherited from that set.
+    t.types[T_Q4_0].gemm = gemm_base<DecQ4>;
+    t.types[T_Q5_0].gemm = gemm_base<DecQ5>;
+    t.types[T_Q6_0].gemm = gemm_base<DecQ6>;
+    t.types[T_IQ4_NL].gemm = gemm_base<DecNL>;
+    t.types[T_Q5_0_R4].gemm = gemm_r4<T_Q5_0_R4>;
+    t.types[T_Q6_0_R4].gemm = gemm_r4<T_Q6_0_R4>;
+    t.types[T_IQ4_NL_R4].gemm = gemm_r4<T_IQ4_NL_R4>;
+    t.types[T_Q4_0_R8].gemm = gemm_q4_0_r8;
+}
+
+}  // namespace iqkq
