@@ -19,6 +19,8 @@ enum TypeIndex : int {
     T_IQ4_KS_R4,
     T_IQ3_XXS,
     T_IQ3_XXS_R4,
+    T_IQ4_XS,
+    T_IQ4_XS_R8,
     T_COUNT
 };
 
@@ -143,6 +145,8 @@ inline constexpr TypeTraits kTypes[T_COUNT] = {
     {T_IQ4_KS_R4,  "iq4_ks_r4", 344, 256, 136,   4,  4, A_Q8_K32,  false, -1,           T_IQ4_KS,  -1,          0},
     {T_IQ3_XXS,    "iq3_xxs",    18, 256,  98,   0,  1, A_Q8_K,    false, T_IQ3_XXS_R4, -1,        T_Q8_K_R8,  32},
     {T_IQ3_XXS_R4, "iq3_xxs_r4", 218, 256, 98,   0,  4, A_Q8_K,    false, -1,           T_IQ3_XXS, -1,          0},
+    {T_IQ4_XS,     "iq4_xs",     23, 256, 136,   0,  1, A_Q8_K,    false, T_IQ4_XS_R8,  -1,        T_Q8_K_R8,  32},
+    {T_IQ4_XS_R8,  "iq4_xs_r8", 223, 256, 136,   0,  8, A_Q8_K32,  false, -1,           T_IQ4_XS,  -1,          0},
 };
 
 // Compile-time consistency of the tables: rows in enum order, twins pointing at each other
