@@ -9,6 +9,8 @@
 
 #include "common.h"
 #include "formats/act.h"
+#include "formats/q8_k_r8.h"
+#include "formats/qhelper.h"
 #include "types.h"
 
 #include <algorithm>
@@ -23,26 +25,6 @@ const int8_t* const kBase = kValues;          // base half-table
 const int8_t* const kShifted = kValues + 16;  // base + 4
 
 // ------------------------------------------------------------------------------ quantization
-
-// QHelper (FORMATS.md §6.3, NOTES.md §8): per row and 32-column block, keep the imatrix
-// weights unless the block is degenerate, else replace them all by 1e-9.
-void imatrix_row_weights(const float* imatrix, const float* x, int64_t K, float* out) {
-    const float eps = 1e-9f;
-    const float eps2 = eps * eps;
-    const float thr = (float)kBlock * eps2;
-    for (int64_t b = 0; b < K / kBlock; ++b) {
-        const float* w = imatrix + b * kBlock;
-        const float* xb = x + b * kBlock;
-        float sw2 = 0.0f, sx2 = 0.0f, swx = 0.0f;
-        for (int j = 0; j < kBlock; ++j) {
-            sw2 += w[j] * w[j];
-            sx2 += xb[j] * xb[j];
-            swx += w[j] * fabsf_(xb[j]);
-        }
-        const bool keep = sw2 > thr && sx2 > thr && swx > thr;
-        for (int j = 0; j < kBlock; ++j) out[b * kBlock + j] = keep ? w[j] : eps;
-    }
-}
 
 // sigma^2 of a super-block: sequential sum of squares times 2/256.
 float super_block_sigma2(const float* x) {
@@ -187,7 +169,7 @@ void quantize_iq4_ks(const float* src, uint8_t* dst, int64_t nrows, int64_t K, c
     std::vector<float> scales((size_t)(K / kBlock));
     for (int64_t r = 0; r < nrows; ++r) {
         const float* x = src + r * K;
-        if (imatrix) imatrix_row_weights(imatrix, x, K, qw.data());
+        if (imatrix) qhelper_row_weights(imatrix, x, K, kBlock, qw.data());  // QHelper (NOTES.md §8)
         quantize_row(x, dst + r * rb, K, imatrix ? qw.data() : nullptr, scales.data());
     }
 }
@@ -405,22 +387,13 @@ void convert_to_q8_k_r8(const uint8_t* src, uint8_t* dst, int64_t nrows, int64_t
                 const uint8_t* row = src + (8 * g + r) * rb;
                 const uint8_t* sb = row + kRowMeta + i * kSuperBytes;
                 int v[kSuper];
-                int M = 0;
                 for (int e = 0; e < kSuper; ++e) {
                     const int b = e / kBlock, j = e % kBlock;
                     const uint8_t* qs = sb + 8 + 16 * b;
                     const int nib = j < 16 ? qs[j] & 15 : qs[j - 16] >> 4;
                     v[e] = ((sb[b] & 254) - 127) * kValues[16 * (sb[b] & 1) + nib];
-                    M = std::max(M, v[e] < 0 ? -v[e] : v[e]);
                 }
-                float dnew = (float)M * d0;
-                const bool rescale = !(dnew < 1.0f);
-                if (!rescale) dnew = 1.0f;
-                const float inv = fabsf_(dnew) > 1e-9f ? 1.0f / dnew : 0.0f;
-                for (int e = 0; e < kSuper; ++e) {
-                    const int8_t qv = rescale ? sat_i8(cvt_rne_i32(inv * (float)v[e])) : (int8_t)v[e];
-                    o[16 + 32 * (e / 4) + 4 * r + e % 4] = (uint8_t)qv;
-                }
+                const float dnew = q8_k_r8::pack_row_scalar(v, d0, r, o);
                 wr_u16(o + 2 * r, fp32_to_fp16(rd_f32(row) * dnew));
             }
         }
