@@ -1,0 +1,106 @@
+// AVX2 building blocks shared by the kernels of the 4-bit non-linear family with 256-value
+// super-blocks of 8 x 32 (iq4_ks, iq4_xs and their twins): nibble unpacking, the paired
+// activation layout of the small-batch kernels, and the re-quantization of one row's
+// integer values to q8_k_r8 (the large-batch conversion, docs/formats.md). Only included
+// from translation units compiled with -mavx2 -mfma -mf16c; everything is `static`.
+#pragma once
+#include <immintrin.h>
+#include <cstdint>
+
+#include "common.h"
+#include "formats/act.h"
+#include "kernels/avx2/simd.h"
+
+namespace iqkq {
+namespace avx2_iq4 {
+
+static inline __m256i load32(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+static inline __m128i load16(const uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
+
+// 16 bytes of packed nibbles -> 32 bytes in element order (low nibbles = elements 0..15,
+// high nibbles = elements 16..31), values 0..15.
+static inline __m256i unpack_nibbles(__m128i q) {
+    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), _mm256_set1_epi8(0x0f));
+}
+
+// Paired activation layout (prepare_act of the small-batch kernels): per super-block and
+// block pair (2p, 2p+1), [a_2p e0..15 | a_2p+1 e0..15 | a_2p e16..31 | a_2p+1 e16..31], so
+// that one 32-byte load of the nibbles of two blocks (low or high nibbles) lines up with the
+// activations. Int32 lane 4h + L of a maddubs/madd product then holds elements 4L..4L+3
+// (+16 for high nibbles) of block 2p + h; adjacent pairs of bytes stay adjacent, so
+// saturating maddubs sums are those of the element-order kernels.
+static inline void pair_activations_q8k(const uint8_t* act, uint8_t* out, int64_t K) {
+    for (int64_t i = 0; i < K / 256; ++i) {
+        const uint8_t* q = act + i * act::kQ8KBytes + act::kQ8KQs;
+        uint8_t* o = out + i * 256;
+        for (int p = 0; p < 4; ++p) {
+            const __m256i x = load32(q + 64 * p), y = load32(q + 64 * p + 32);
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 64 * p), _mm256_permute2x128_si256(x, y, 0x20));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 64 * p + 32), _mm256_permute2x128_si256(x, y, 0x31));
+        }
+    }
+}
+static inline size_t paired_bytes(int64_t K) { return (size_t)K; }
+
+// Lane sums of the paired layout -> element-order lanes: lo = sums of the low-nibble
+// vectors (half h = block 2p+h, elements 0..15), hi = high-nibble vectors (elements 16..31).
+// Returns lanes 0..3 = elements 0..15 and 4..7 = elements 16..31, summed over both blocks.
+static inline __m256i unpair_lanes(__m256i lo, __m256i hi) {
+    return _mm256_add_epi32(_mm256_permute2x128_si256(lo, hi, 0x20), _mm256_permute2x128_si256(lo, hi, 0x31));
+}
+
+// Columns handled together by one kernel pass (at most 4): blocks of 4, but 5, 6, 7 columns
+// as 3+2, 3+3, 4+3 rather than with a pass for a single column.
+static inline int column_block(int64_t left) {
+    if (left >= 8 || left == 4 || left == 7) return 4;
+    if (left == 5 || left == 6) return 3;
+    return (int)left;
+}
+
+// The large-batch conversion of one row's super-block (iqk_common.h convert_to_q8_k_r8):
+// v16[k] = int16 values of elements 16k..16k+15. Writes the 256 int8 quants in element order
+// to q8 (32-byte aligned) and returns dnew (1 when no re-scaling was needed). Scalar twin:
+// formats/q8_k_r8.h pack_row_scalar.
+static inline float convert_row_q8(const __m256i v16[16], float d0, uint8_t* q8) {
+    __m256i mx = _mm256_setzero_si256();
+    for (int k = 0; k < 16; ++k) mx = _mm256_max_epi16(mx, _mm256_abs_epi16(v16[k]));
+    __m128i m = _mm_max_epi16(_mm256_castsi256_si128(mx), _mm256_extracti128_si256(mx, 1));
+    m = _mm_max_epi16(m, _mm_srli_si128(m, 8));
+    m = _mm_max_epi16(m, _mm_srli_si128(m, 4));
+    m = _mm_max_epi16(m, _mm_srli_si128(m, 2));
+    const int M = _mm_extract_epi16(m, 0);
+    float dn = (float)M * d0;
+    const bool rescale = !(dn < 1.0f);
+    if (!rescale) dn = 1.0f;
+    const __m256 inv = _mm256_set1_ps(fabsf_(dn) > 1e-9f ? 1.0f / dn : 0.0f);
+    for (int b = 0; b < 8; ++b) {
+        __m256i q;
+        if (rescale) {
+            __m256 f[4];
+            for (int h = 0; h < 2; ++h) {
+                const __m256i x = v16[2 * b + h];
+                f[2 * h] = _mm256_mul_ps(inv, _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(x))));
+                f[2 * h + 1] = _mm256_mul_ps(inv, _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(x, 1))));
+            }
+            q = avx2::pack_rne_i8(f[0], f[1], f[2], f[3]);
+        } else {
+            q = _mm256_permute4x64_epi64(_mm256_packs_epi16(v16[2 * b], v16[2 * b + 1]), 0xd8);
+        }
+        _mm256_store_si256(reinterpret_cast<__m256i*>(q8 + 32 * b), q);
+    }
+    return dn;
+}
+
+// 8 rows of 256 int8 quants (q8[r], 32-byte aligned) -> qs of a q8_k_r8 group block at o
+// (qs[32m + 4r + j] = q_r[4m + j]): an 8x8 dword transpose per 32 elements.
+static inline void store_q8_k_r8_quants(const uint8_t (*q8)[256], uint8_t* o) {
+    for (int b = 0; b < 8; ++b) {
+        __m256i v[8];
+        for (int r = 0; r < 8; ++r) v[r] = _mm256_load_si256(reinterpret_cast<const __m256i*>(q8[r] + 32 * b));
+        avx2::transpose8x8_epi32(v);
+        for (int l = 0; l < 8; ++l) _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 16 + 32 * (8 * b + l)), v[l]);
+    }
+}
+
+}  // namespace avx2_iq4
+}  // namespace iqkq
