@@ -11,7 +11,7 @@ LB = {t.name: iqkq.ops._LARGE_BATCH[t.name] for t in iqkq.types() if iqkq.ops._L
 
 
 def test_large_batch_types():
-    assert LB == {"q8_0": "q8_0_r8", "iq4_ks": "q8_k_r8", "iq3_xxs": "q8_k_r8"}
+    assert LB == {"q8_0": "q8_0_r8", "iq4_ks": "q8_k_r8", "iq3_xxs": "q8_k_r8", "iq4_xs": "q8_k_r8"}
 
 
 @pytest.mark.parametrize("qtype", sorted(LB))
@@ -63,7 +63,9 @@ def test_paths_agree_to_requantization_error(qtype):
     q = iqkq.quantize(w, qtype)
     yd, yr = iqkq.matmul(q, x, path="direct"), iqkq.matmul(q, x, path="repack")
     rel = np.abs(yd - yr).max() / np.abs(yd).max()
-    assert rel < (1e-5 if qtype == "q8_0" else 3e-2), rel
+    # iq4_xs: ik_llama.cpp's direct AVX2 kernel saturates int16 pair sums (unsigned grid + 128,
+    # maddubs), which the converted path does not; that difference dominates
+    assert rel < (1e-5 if qtype == "q8_0" else 0.3 if qtype == "iq4_xs" else 3e-2), rel
     if qtype != "q8_0":
         assert rel > 1e-5  # the conversion really re-rounds
 
