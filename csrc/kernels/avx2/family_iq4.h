@@ -23,6 +23,16 @@ static inline __m256i unpack_nibbles(__m128i q) {
     return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), _mm256_set1_epi8(0x0f));
 }
 
+// 32 int8 values v8 (element order) times the float block scale dl -> 32 floats at y.
+static inline void store_block(__m256i v8, float dl, float* y) {
+    const __m256 d = _mm256_set1_ps(dl);
+    const __m128i lo = _mm256_castsi256_si128(v8), hi = _mm256_extracti128_si256(v8, 1);
+    _mm256_storeu_ps(y + 0, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo))));
+    _mm256_storeu_ps(y + 8, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)))));
+    _mm256_storeu_ps(y + 16, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi))));
+    _mm256_storeu_ps(y + 24, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)))));
+}
+
 // Paired activation layout (prepare_act of the small-batch kernels): per super-block and
 // block pair (2p, 2p+1), [a_2p e0..15 | a_2p+1 e0..15 | a_2p e16..31 | a_2p+1 e16..31], so
 // that one 32-byte load of the nibbles of two blocks (low or high nibbles) lines up with the

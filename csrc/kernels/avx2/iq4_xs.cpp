@@ -42,15 +42,6 @@ inline __m256i int16_pairs(__m256i v) {
 
 // ================================================================================ dequantization
 
-inline void store_block(__m256i v8, float dl, float* y) {
-    const __m256 d = _mm256_set1_ps(dl);
-    const __m128i lo = _mm256_castsi256_si128(v8), hi = _mm256_extracti128_si256(v8, 1);
-    _mm256_storeu_ps(y + 0, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo))));
-    _mm256_storeu_ps(y + 8, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)))));
-    _mm256_storeu_ps(y + 16, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi))));
-    _mm256_storeu_ps(y + 24, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)))));
-}
-
 void dequantize_iq4_xs(const uint8_t* src, float* dst, int64_t nrows, int64_t K) {
     const int64_t rb = row_bytes(K);
     const __m256i tab = grid_signed();
