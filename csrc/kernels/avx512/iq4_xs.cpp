@@ -1,0 +1,143 @@
+// AVX-512 matmul kernel for iq4_xs x q8_K (the other iq4_xs / iq4_xs_r8 entries use the AVX2
+// kernels). Compiled with the AVX-512 flags (CMakeLists.txt) and used only on CPUs with F,
+// VL, BW, DQ, VNNI and VBMI (dispatch.cpp).
+//
+// ik_llama.cpp's AVX2 kernel multiplies the grid + 128 (unsigned) with the int8 activations
+// by VPMADDUBSW, which saturates the sum of each adjacent pair of products to int16; the
+// results must keep that, so the dot products stay VPMADDUBSW (512-bit), followed by VPDPWSSD
+// with the block scales (exact int32). Decoding: VPERMB reads the low 6 bits of each index
+// byte, so a 64-byte table holding grid + 128 four times maps a nibble byte straight to its
+// value; the high nibbles need one VPSRLW first. One 64-byte load holds 4 blocks (128-bit
+// chunk k = block 4j + k); the activations are rearranged once per call to match: per
+// super-block and j = 0, 1, [a_4j+k elements 0..15, k = 0..3] then [elements 16..31].
+// Adjacent byte pairs are those of the element order, so the saturated sums are ik's, and
+// lanes 4k + L of chunk k add up to the element-order lanes L (resp. 4 + L) of the AVX2
+// kernel before the float operations, which are the same and in the same order.
+//
+// No STL containers or shared inline functions here (see common.h).
+#include "common.h"
+#include "formats/act.h"
+#include "formats/iq4_xs.h"
+#include "kernels/avx2/simd.h"
+#include "types.h"
+
+#include <immintrin.h>
+
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+namespace iqkq {
+namespace {
+using namespace iq4_xs;
+
+constexpr int kActBytes = act::kQ8KBytes;
+
+struct Tables {
+    uint8_t grid_u[64];  // 128 + kvalues_iq4nl[i & 15], for VPERMB
+};
+constexpr Tables make_tables() {
+    Tables t{};
+    for (int i = 0; i < 64; ++i) t.grid_u[i] = (uint8_t)(128 + iq4_grid::kValues[i & 15]);
+    return t;
+}
+alignas(64) constexpr Tables kT = make_tables();
+
+inline __m256i load32(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+
+// The 8 block scales (code - 32), each in both int16 halves of int32 lane b.
+inline __m256i scale_pairs(const uint8_t* sb) {
+    const __m256i sl = _mm256_srlv_epi32(_mm256_set1_epi32((int)rd_u32(sb + kOffSl)), _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28));
+    const __m256i sh = _mm256_srlv_epi32(_mm256_set1_epi32((int)rd_u16(sb + kOffSh)), _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14));
+    const __m256i code = _mm256_ternarylogic_epi32(_mm256_and_si256(sl, _mm256_set1_epi32(15)),
+                                                   _mm256_slli_epi32(sh, 4), _mm256_set1_epi32(0x30), 0xf8);  // a | (b & c)
+    return _mm256_sub_epi16(_mm256_or_si256(code, _mm256_slli_epi32(code, 16)), _mm256_set1_epi16(32));
+}
+
+void prepare_act(const uint8_t* act, uint8_t* out, int64_t K) {
+    for (int64_t i = 0; i < K / kSuper; ++i) {
+        const uint8_t* q = act + i * kActBytes + act::kQ8KQs;
+        uint8_t* o = out + i * kSuper;
+        for (int j = 0; j < 2; ++j)
+            for (int k = 0; k < 4; ++k) {
+                std::memcpy(o + 128 * j + 16 * k, q + 32 * (4 * j + k), 16);
+                std::memcpy(o + 128 * j + 64 + 16 * k, q + 32 * (4 * j + k) + 16, 16);
+            }
+    }
+}
+size_t prepared_bytes(int64_t K) { return (size_t)K; }
+
+template <int NC>
+__attribute__((noinline)) void gemm_cols(const GemmArgs& g, int64_t n0) {
+    const int64_t nsuper = g.K / kSuper;
+    const __m512i tab = _mm512_load_si512(kT.grid_u);
+    const __m512i sel0 = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    const __m512i sel1 = _mm512_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7);
+    const uint8_t* acts[NC];
+    const uint8_t* pq[NC];
+    for (int n = 0; n < NC; ++n) {
+        acts[n] = g.A + (n0 + n) * g.a_row_bytes;
+        pq[n] = g.P + (n0 + n) * g.p_row_bytes;
+    }
+    for (int64_t r = 0; r < g.nrows; ++r) {
+        const uint8_t* w = g.W + r * g.w_group_bytes;
+        __m256 acc[NC];
+        for (int n = 0; n < NC; ++n) acc[n] = _mm256_setzero_ps();
+        for (int64_t i = 0; i < nsuper; ++i) {
+            const uint8_t* sb = w + i * kBytes;
+            const float d = _cvtsh_ss(rd_u16(sb + kOffD));
+            const __m256i pairs = scale_pairs(sb);
+            for (int n = 0; n < NC; ++n) {
+                const uint8_t* ab = acts[n] + i * kActBytes;
+                const __m256i mins = _mm256_madd_epi16(pairs, load32(ab + act::kQ8KBsums));
+                acc[n] = _mm256_fmadd_ps(_mm256_set1_ps((-128.0f * d) * rd_f32(ab + act::kQ8KD)), _mm256_cvtepi32_ps(mins), acc[n]);
+            }
+            const __m512i pz = _mm512_castsi256_si512(pairs);
+            const __m512i s0 = _mm512_permutexvar_epi32(sel0, pz), s1 = _mm512_permutexvar_epi32(sel1, pz);
+            const __m512i q0 = _mm512_loadu_si512(sb + kOffQs), q1 = _mm512_loadu_si512(sb + kOffQs + 64);
+            const __m512i l0 = _mm512_permutexvar_epi8(q0, tab), h0 = _mm512_permutexvar_epi8(_mm512_srli_epi16(q0, 4), tab);
+            const __m512i l1 = _mm512_permutexvar_epi8(q1, tab), h1 = _mm512_permutexvar_epi8(_mm512_srli_epi16(q1, 4), tab);
+            for (int n = 0; n < NC; ++n) {
+                const uint8_t* a = pq[n] + i * kSuper;
+                __m512i sa = _mm512_dpwssd_epi32(_mm512_setzero_si512(), s0, _mm512_maddubs_epi16(l0, _mm512_loadu_si512(a)));
+                __m512i sh = _mm512_dpwssd_epi32(_mm512_setzero_si512(), s0, _mm512_maddubs_epi16(h0, _mm512_loadu_si512(a + 64)));
+                sa = _mm512_dpwssd_epi32(sa, s1, _mm512_maddubs_epi16(l1, _mm512_loadu_si512(a + 128)));
+                sh = _mm512_dpwssd_epi32(sh, s1, _mm512_maddubs_epi16(h1, _mm512_loadu_si512(a + 192)));
+                // chunks k = 0..3 -> element-order lanes: L (low nibbles), 4 + L (high nibbles)
+                const __m256i ta = _mm256_add_epi32(_mm512_castsi512_si256(sa), _mm512_extracti64x4_epi64(sa, 1));
+                const __m256i th = _mm256_add_epi32(_mm512_castsi512_si256(sh), _mm512_extracti64x4_epi64(sh, 1));
+                const __m256i S = _mm256_add_epi32(_mm256_permute2x128_si256(ta, th, 0x20), _mm256_permute2x128_si256(ta, th, 0x31));
+                const __m256 c = _mm256_set1_ps(d * rd_f32(acts[n] + i * kActBytes + act::kQ8KD));
+                acc[n] = _mm256_fmadd_ps(c, _mm256_cvtepi32_ps(S), acc[n]);
+            }
+        }
+        for (int n = 0; n < NC; ++n) g.C[(n0 + n) * g.ldc + r] = avx2::hsum8(acc[n]);
+    }
+}
+
+inline int column_block(int64_t left) {
+    if (left >= 8 || left == 4 || left == 7) return 4;
+    if (left == 5 || left == 6) return 3;
+    return (int)left;
+}
+
+void gemm_iq4_xs(const GemmArgs& g) {
+    for (int64_t n = 0; n < g.ncols;) {
+        switch (column_block(g.ncols - n)) {
+            case 4: gemm_cols<4>(g, n); n += 4; break;
+            case 3: gemm_cols<3>(g, n); n += 3; break;
+            case 2: gemm_cols<2>(g, n); n += 2; break;
+            default: gemm_cols<1>(g, n); n += 1; break;
+        }
+    }
+}
+
+}  // namespace
+
+void register_avx512_iq4_xs(KernelTables& t) {
+    TypeKernels& a = t.types[T_IQ4_XS];
+    a.gemm = gemm_iq4_xs;
+    a.prepare_act = prepare_act;
+    a.prepared_bytes = prepared_bytes;
+}
+
+}  // namespace iqkq
