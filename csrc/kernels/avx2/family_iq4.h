@@ -56,7 +56,9 @@ static inline size_t paired_bytes(int64_t K) { return (size_t)K; }
 // vectors (half h = block 2p+h, elements 0..15), hi = high-nibble vectors (elements 16..31).
 // Returns lanes 0..3 = elements 0..15 and 4..7 = elements 16..31, summed over both blocks.
 static inline __m256i unpair_lanes(__m256i lo, __m256i hi) {
-    return _mm256_add_epi32(_mm256_permute2x128_si256(lo, hi, 0x20), _mm256_permute2x128_si256(lo, hi, 0x31));
+    const __m256i x = _mm256_blend_epi32(lo, hi, 0xf0);  // lo.low  | hi.high
+    const __m256i y = _mm256_blend_epi32(hi, lo, 0xf0);  // hi.low  | lo.high
+    return _mm256_add_epi32(x, _mm256_permute2x128_si256(y, y, 0x01));
 }
 
 // Columns handled together by one kernel pass (at most 4): blocks of 4, but 5, 6, 7 columns

@@ -27,17 +27,18 @@ inline __m256i grid_signed() {
 // grid + 128 as unsigned bytes (1 .. 241), as ik_llama.cpp's iq4_xs kernel uses it.
 inline __m256i grid_unsigned() { return _mm256_xor_si256(grid_signed(), _mm256_set1_epi8((char)0x80)); }
 
-// The 8 block scales (code - 32) of an iq4_xs super-block as int32 lanes.
-inline __m256i block_scales(const uint8_t* sb) {
+// The 8 block scale codes (0..63) of an iq4_xs super-block as int32 lanes.
+inline __m256i block_codes(const uint8_t* sb) {
     const __m256i sl = _mm256_srlv_epi32(_mm256_set1_epi32((int)rd_u32(sb + kOffSl)), _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28));
     const __m256i sh = _mm256_srlv_epi32(_mm256_set1_epi32((int)rd_u16(sb + kOffSh)), _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14));
-    const __m256i code = _mm256_or_si256(_mm256_and_si256(sl, _mm256_set1_epi32(15)),
-                                         _mm256_slli_epi32(_mm256_and_si256(sh, _mm256_set1_epi32(3)), 4));
-    return _mm256_sub_epi32(code, _mm256_set1_epi32(32));
+    return _mm256_or_si256(_mm256_and_si256(sl, _mm256_set1_epi32(15)), _mm256_and_si256(_mm256_slli_epi32(sh, 4), _mm256_set1_epi32(0x30)));
 }
-// int32 lanes of small signed values -> the same value in both int16 halves of each lane.
-inline __m256i int16_pairs(__m256i v) {
-    return _mm256_or_si256(_mm256_and_si256(v, _mm256_set1_epi32(0xffff)), _mm256_slli_epi32(v, 16));
+// The 8 block scales (code - 32) as int32 lanes.
+inline __m256i block_scales(const uint8_t* sb) { return _mm256_sub_epi32(block_codes(sb), _mm256_set1_epi32(32)); }
+// The same, in both int16 halves of each int32 lane (the madd operand).
+inline __m256i block_scale_pairs(const uint8_t* sb) {
+    const __m256i c = block_codes(sb);
+    return _mm256_sub_epi16(_mm256_or_si256(c, _mm256_slli_epi32(c, 16)), _mm256_set1_epi16(32));
 }
 
 // ================================================================================ dequantization
@@ -86,7 +87,7 @@ __attribute__((noinline)) void gemm_iq4_xs_paired(const GemmArgs& g, int64_t n0)
             const uint8_t* sb = w + i * kBytes;
             const float d = _cvtsh_ss(rd_u16(sb + kOffD));
             const float dm = -128.0f * d;
-            const __m256i pairs = int16_pairs(block_scales(sb));
+            const __m256i pairs = block_scale_pairs(sb);
             for (int n = 0; n < NC; ++n) {
                 const uint8_t* ab = acts[n] + i * kActBytes;
                 const __m256i mins = _mm256_madd_epi16(pairs, load32(ab + act::kQ8KBsums));
@@ -161,7 +162,8 @@ __attribute__((noinline)) void gemm_iq4_xs_r8_cols(const GemmArgs& g, int64_t n0
             __m256i isum[NC];
             for (int n = 0; n < NC; ++n) isum[n] = _mm256_setzero_si256();
             for (int b = 0; b < 8; ++b) {
-                const __m256i s = int16_pairs(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sc + 8 * b))));
+                const __m256i s32 = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sc + 8 * b)));
+                const __m256i s = _mm256_or_si256(_mm256_and_si256(s32, _mm256_set1_epi32(0xffff)), _mm256_slli_epi32(s32, 16));
                 for (int half = 0; half < 2; ++half) {
                     const uint8_t* q = gb + kR8OffQs + 128 * b + 64 * half;
                     const __m256i bits1 = load32(q), bits2 = load32(q + 32);
