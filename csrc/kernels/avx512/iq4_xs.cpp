@@ -1,5 +1,5 @@
-// AVX-512 matmul kernel for iq4_xs x q8_K (the other iq4_xs / iq4_xs_r8 entries use the AVX2
-// kernels). Compiled with the AVX-512 flags (CMakeLists.txt) and used only on CPUs with F,
+// AVX-512 matmul kernels for iq4_xs x q8_K and iq4_xs_r8 x q8_K32 (the other entries use the
+// AVX2 kernels). Compiled with the AVX-512 flags (CMakeLists.txt) and used only on CPUs with F,
 // VL, BW, DQ, VNNI and VBMI (dispatch.cpp).
 //
 // ik_llama.cpp's AVX2 kernel multiplies the grid + 128 (unsigned) with the int8 activations
@@ -131,6 +131,109 @@ void gemm_iq4_xs(const GemmArgs& g) {
     }
 }
 
+// ------------------------------------------------------------------------------------------
+// iq4_xs_r8 x q8_K32. ik_llama.cpp's AVX2 kernel forms exact int32 sums (sign trick, no
+// saturation), so VPDPBUSD on grid + 128 gives the same integers once 128 * (sum of the
+// activations) is taken off: each block's accumulator starts from that correction (computed
+// once per call). A block's 128 nibble bytes are two 64-byte registers; the VPERMB-decoded
+// low / high nibbles hold, per 256-bit half h and dword lane k (row k), elements
+// {0..3, 4..7, 16..19, 20..23} (h = 0) resp. {8..11, 12..15, 24..27, 28..31} (h = 1); the
+// activations are laid out to match (each dword broadcast over the 8 rows). The block scale of
+// row k multiplies both halves (VPMULLD), the halves add up at the end of the super-block:
+// I_k exactly, then acc_k = fma(d_k * dA, I_k, acc_k) as in the AVX2 kernel.
+
+constexpr int kR8PrepBlock = 320;  // per 32-block: correction (16 x i32) + 4 x 64 bytes of dwords
+
+void prepare_act_r8(const uint8_t* act, uint8_t* out, int64_t K) {
+    // element group (4 values) of (register v, half h): v = 0: 0, 2; v = 1: 1, 3; v = 2: 4, 6; v = 3: 5, 7
+    static constexpr int kGroup[4][2] = {{0, 2}, {1, 3}, {4, 6}, {5, 7}};
+    for (int64_t i = 0; i < K / kSuper; ++i) {
+        const int8_t* q = reinterpret_cast<const int8_t*>(act + i * kActBytes + act::kQ8KQs);
+        for (int b = 0; b < 8; ++b) {
+            const int8_t* y = q + 32 * b;
+            uint8_t* o = out + (i * 8 + b) * kR8PrepBlock;
+            int32_t half[2] = {0, 0};
+            for (int e = 0; e < 32; ++e) half[(e / 8) & 1] += y[e];
+            for (int k = 0; k < 16; ++k) wr_u32(o + 4 * k, (uint32_t)(-128 * half[k / 8]));
+            for (int v = 0; v < 4; ++v)
+                for (int h = 0; h < 2; ++h)
+                    for (int k = 0; k < 8; ++k) std::memcpy(o + 64 + 64 * v + 32 * h + 4 * k, y + 4 * kGroup[v][h], 4);
+        }
+    }
+}
+size_t prepared_bytes_r8(int64_t K) { return (size_t)(K / kBlock) * kR8PrepBlock; }
+
+// The 64 scales (code - 32) of an iq4_xs_r8 group super-block, byte 8b + k = block b, row k.
+inline void r8_scales(const uint8_t* gb, int8_t* out) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30), m32 = _mm256_set1_epi8(32);
+    const __m256i sl = load32(gb + kR8OffSl);
+    const __m128i shb = _mm_loadu_si128(reinterpret_cast<const __m128i*>(gb + kR8OffSh));
+    const __m256i sh = _mm256_set_m128i(_mm_srli_epi16(shb, 2), shb);
+    const __m256i h0 = _mm256_or_si256(_mm256_and_si256(sl, m4), _mm256_and_si256(_mm256_slli_epi16(sh, 4), m30));
+    const __m256i h1 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(sl, 4), m4), _mm256_and_si256(sh, m30));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(out), _mm256_sub_epi8(h0, m32));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(out + 32), _mm256_sub_epi8(h1, m32));
+}
+
+template <int NC>
+__attribute__((noinline)) void gemm_r8_cols(const GemmArgs& g, int64_t n0) {
+    const int64_t nsuper = g.K / kSuper;
+    const __m512i tab = _mm512_load_si512(kT.grid_u);
+    alignas(32) int8_t sc[64];
+    const uint8_t* acts[NC];
+    const uint8_t* pq[NC];
+    for (int n = 0; n < NC; ++n) {
+        acts[n] = g.A + (n0 + n) * g.a_row_bytes;
+        pq[n] = g.P + (n0 + n) * g.p_row_bytes;
+    }
+    for (int64_t grp = 0; grp < g.nrows / 8; ++grp) {
+        const uint8_t* w = g.W + grp * g.w_group_bytes;
+        __m256 acc[NC];
+        for (int n = 0; n < NC; ++n) acc[n] = _mm256_setzero_ps();
+        for (int64_t i = 0; i < nsuper; ++i) {
+            const uint8_t* gb = w + i * kR8Bytes;
+            r8_scales(gb, sc);
+            __m512i isum[NC];
+            for (int n = 0; n < NC; ++n) isum[n] = _mm512_setzero_si512();
+            for (int b = 0; b < 8; ++b) {
+                int64_t s8;
+                std::memcpy(&s8, sc + 8 * b, 8);
+                const __m512i ls = _mm512_cvtepi8_epi32(_mm_set1_epi64x(s8));
+                const __m512i Q0 = _mm512_loadu_si512(gb + kR8OffQs + 128 * b), Q1 = _mm512_loadu_si512(gb + kR8OffQs + 128 * b + 64);
+                const __m512i v0 = _mm512_permutexvar_epi8(Q0, tab), v1 = _mm512_permutexvar_epi8(_mm512_srli_epi16(Q0, 4), tab);
+                const __m512i v2 = _mm512_permutexvar_epi8(Q1, tab), v3 = _mm512_permutexvar_epi8(_mm512_srli_epi16(Q1, 4), tab);
+                for (int n = 0; n < NC; ++n) {
+                    const uint8_t* a = pq[n] + (i * 8 + b) * kR8PrepBlock;
+                    __m512i p = _mm512_loadu_si512(a);
+                    p = _mm512_dpbusd_epi32(p, v0, _mm512_loadu_si512(a + 64));
+                    p = _mm512_dpbusd_epi32(p, v1, _mm512_loadu_si512(a + 128));
+                    p = _mm512_dpbusd_epi32(p, v2, _mm512_loadu_si512(a + 192));
+                    p = _mm512_dpbusd_epi32(p, v3, _mm512_loadu_si512(a + 256));
+                    isum[n] = _mm512_add_epi32(isum[n], _mm512_mullo_epi32(ls, p));
+                }
+            }
+            const __m256 d8 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(gb + kR8OffD)));
+            for (int n = 0; n < NC; ++n) {
+                const __m256i I = _mm256_add_epi32(_mm512_castsi512_si256(isum[n]), _mm512_extracti64x4_epi64(isum[n], 1));
+                const __m256 c = _mm256_mul_ps(d8, _mm256_set1_ps(rd_f32(acts[n] + i * kActBytes + act::kQ8KD)));
+                acc[n] = _mm256_fmadd_ps(c, _mm256_cvtepi32_ps(I), acc[n]);
+            }
+        }
+        for (int n = 0; n < NC; ++n) _mm256_storeu_ps(g.C + (n0 + n) * g.ldc + 8 * grp, acc[n]);
+    }
+}
+
+void gemm_iq4_xs_r8(const GemmArgs& g) {
+    for (int64_t n = 0; n < g.ncols;) {
+        switch (column_block(g.ncols - n)) {
+            case 4: gemm_r8_cols<4>(g, n); n += 4; break;
+            case 3: gemm_r8_cols<3>(g, n); n += 3; break;
+            case 2: gemm_r8_cols<2>(g, n); n += 2; break;
+            default: gemm_r8_cols<1>(g, n); n += 1; break;
+        }
+    }
+}
+
 }  // namespace
 
 void register_avx512_iq4_xs(KernelTables& t) {
@@ -138,6 +241,10 @@ void register_avx512_iq4_xs(KernelTables& t) {
     a.gemm = gemm_iq4_xs;
     a.prepare_act = prepare_act;
     a.prepared_bytes = prepared_bytes;
+    TypeKernels& b = t.types[T_IQ4_XS_R8];
+    b.gemm = gemm_iq4_xs_r8;
+    b.prepare_act = prepare_act_r8;
+    b.prepared_bytes = prepared_bytes_r8;
 }
 
 }  // namespace iqkq
