@@ -1,5 +1,5 @@
-// AVX-512 matmul kernels for iq4_xs x q8_K and iq4_xs_r8 x q8_K32 (the other entries use the
-// AVX2 kernels). Compiled with the AVX-512 flags (CMakeLists.txt) and used only on CPUs with F,
+// AVX-512 matmul kernels for iq4_xs x q8_K and iq4_xs_r8 x q8_K32 and the iq4_xs -> q8_k_r8
+// conversion (the other entries use the AVX2 kernels). Compiled with the AVX-512 flags (CMakeLists.txt) and used only on CPUs with F,
 // VL, BW, DQ, VNNI and VBMI (dispatch.cpp).
 //
 // ik_llama.cpp's AVX2 kernel multiplies the grid + 128 (unsigned) with the int8 activations
@@ -19,6 +19,7 @@
 #include "formats/act.h"
 #include "formats/iq4_xs.h"
 #include "kernels/avx2/simd.h"
+#include "kernels/avx512/simd.h"
 #include "types.h"
 
 #include <immintrin.h>
@@ -234,6 +235,106 @@ void gemm_iq4_xs_r8(const GemmArgs& g) {
     }
 }
 
+// ------------------------------------------------------------------------------------------
+// Large-batch conversion iq4_xs -> q8_k_r8, a group of 8 rows and one super-block at a time
+// (the scheme of kernels/avx512/iq4_ks.cpp, for one table and 6-bit scale codes):
+//  1. The nibble bytes of the 8 rows are interleaved as q8_k_r8 interleaves its quants
+//     (kernels/avx512/simd.h interleave8), so each interleaved register gives two q8_k_r8
+//     registers (low and high nibbles) as they are stored.
+//  2. Per block the re-quantized values of the 8 rows form a 128-entry table (8 rows x 16
+//     nibbles): entries rne(inv_r * f32(ls * T[n])) (exact products from a constant table
+//     indexed by the scale code), packed with signed saturation; one VPERMT2B with index
+//     nibble | 16 * row looks up 64 of them.
+//  3. M_r = max over blocks of |ls| * (largest |T[n]| of the nibbles present), via the same
+//     indices into a table of |T| and VPMADDUBSW (exact).
+// dnew of the 8 rows is one vector; in the dnew < 1 case inv = 1 stands for "copy v" (exact).
+
+struct ConvTables {
+    float lsT[64][16];     // code c, nibble n: f32((c - 32) * T[n])
+    uint8_t abs_t[64];     // 16 r + n -> |T[n]| (VPERMB reads 6 bits: any row)
+    uint8_t rowbits[64];   // 16 * row of each byte of an interleaved register: 16 * ((i / 4) % 8)
+    uint8_t unpack[64];    // natural 16 r + n <- packed 16 (n / 4) + 4 r + n % 4
+    uint8_t lsb[8][64];    // block b: bytes 4 r and 4 r + 2 <- code byte 8 r + b (odd bytes zeroed)
+};
+constexpr ConvTables make_conv_tables() {
+    ConvTables t{};
+    for (int c = 0; c < 64; ++c)
+        for (int n = 0; n < 16; ++n) t.lsT[c][n] = (float)((c - 32) * iq4_grid::kValues[n]);
+    for (int i = 0; i < 64; ++i) {
+        const int v = iq4_grid::kValues[i % 16];
+        t.abs_t[i] = (uint8_t)(v < 0 ? -v : v);
+        const int r = i / 16, n = i % 16;
+        t.rowbits[i] = (uint8_t)(16 * ((i / 4) % 8));
+        t.unpack[i] = (uint8_t)(16 * (n / 4) + 4 * r + n % 4);
+        for (int b = 0; b < 8; ++b) t.lsb[b][i] = (uint8_t)(8 * ((i / 4) % 8) + b);
+    }
+    return t;
+}
+alignas(64) constexpr ConvTables kCT = make_conv_tables();
+
+inline __m512i ld64(const void* p) { return _mm512_loadu_si512(p); }
+
+void convert_to_q8_k_r8(const uint8_t* src, uint8_t* dst, int64_t nrows, int64_t K) {
+    const int64_t rb = row_bytes(K), nsuper = K / kSuper;
+    constexpr int kRne = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    alignas(64) __m512i idx[8][4];
+    alignas(32) float inv[8];
+    alignas(64) uint8_t code[64];  // byte 8 r + b: scale code of row r, block b
+    const __m512i m4 = _mm512_set1_epi8(0x0f), rowbits = ld64(kCT.rowbits), unpack = ld64(kCT.unpack);
+    const __m512i absT = ld64(kCT.abs_t);
+    for (int64_t g = 0; g < nrows / 8; ++g) {
+        const uint8_t* w = src + 8 * g * rb;
+        for (int64_t i = 0; i < nsuper; ++i) {
+            const uint8_t* sb = w + i * kBytes;  // row r at sb + r * rb
+            uint8_t* o = dst + (g * nsuper + i) * (16 + 2048);
+            alignas(16) uint16_t dh[8];
+            for (int r = 0; r < 8; ++r) {
+                const uint8_t* x = sb + r * rb;
+                dh[r] = rd_u16(x + kOffD);
+                for (int b = 0; b < 8; ++b) code[8 * r + b] = (uint8_t)scale_code(x, b);
+            }
+            const __m256 D = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(dh)));
+            const __m512i als = _mm512_abs_epi8(_mm512_sub_epi8(_mm512_load_si512(code), _mm512_set1_epi8(32)));
+
+            __m256i P = _mm256_setzero_si256();  // words 2r, 2r + 1: candidates for M_r
+            for (int c = 0; c < 2; ++c) {
+                __m512i in[8], X[8];
+                for (int r = 0; r < 8; ++r) in[r] = ld64(sb + r * rb + kOffQs + 64 * c);
+                avx512::interleave8(in, X);  // X[p]: block 4c + p / 2, nibble dwords 2 (p % 2), + 1
+                for (int p = 0; p < 8; ++p) {
+                    __m512i* id = idx[4 * c + p / 2];
+                    id[p % 2] = _mm512_ternarylogic_epi32(X[p], m4, rowbits, 0xea);  // (x & 15) | 16 r
+                    id[2 + p % 2] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(X[p], 4), m4, rowbits, 0xea);
+                }
+                for (int b = 4 * c; b < 4 * c + 4; ++b) {
+                    const __m512i* id = idx[b];
+                    const __m512i a = _mm512_max_epu8(
+                        _mm512_max_epu8(_mm512_permutexvar_epi8(id[0], absT), _mm512_permutexvar_epi8(id[1], absT)),
+                        _mm512_max_epu8(_mm512_permutexvar_epi8(id[2], absT), _mm512_permutexvar_epi8(id[3], absT)));
+                    __m256i y = _mm256_max_epu8(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64(a, 1));  // dword r: row r
+                    y = _mm256_max_epu8(y, _mm256_srli_epi16(y, 8));  // bytes 4r, 4r + 2: maxima of pairs
+                    const __m256i ls = _mm512_castsi512_si256(_mm512_maskz_permutexvar_epi8(0x5555555555555555ull, ld64(kCT.lsb[b]), als));
+                    P = _mm256_max_epi16(P, _mm256_maddubs_epi16(y, ls));
+                }
+            }
+            const __m256i M = _mm256_and_si256(_mm256_max_epi16(P, _mm256_srli_epi32(P, 16)), _mm256_set1_epi32(0xffff));
+            const __m256 one = _mm256_set1_ps(1.0f);
+            const __m256 dnew = _mm256_max_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(M), _mm256_set1_ps(1.0f / 127.0f)), one);  // never NaN
+            _mm256_store_ps(inv, _mm256_div_ps(one, dnew));
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(o), _mm256_cvtps_ph(_mm256_mul_ps(D, dnew), _MM_FROUND_TO_NEAREST_INT));
+
+            for (int b = 0; b < 8; ++b) {
+                __m512i t[8];
+                for (int r = 0; r < 8; ++r)
+                    t[r] = _mm512_cvt_roundps_epi32(_mm512_mul_ps(_mm512_set1_ps(inv[r]), _mm512_load_ps(kCT.lsT[code[8 * r + b]])), kRne);
+                const __m512i tl = _mm512_permutexvar_epi8(unpack, _mm512_packs_epi16(_mm512_packs_epi32(t[0], t[1]), _mm512_packs_epi32(t[2], t[3])));
+                const __m512i th = _mm512_permutexvar_epi8(unpack, _mm512_packs_epi16(_mm512_packs_epi32(t[4], t[5]), _mm512_packs_epi32(t[6], t[7])));
+                for (int k = 0; k < 4; ++k) _mm512_storeu_si512(o + 16 + 64 * (4 * b + k), _mm512_permutex2var_epi8(tl, idx[b][k], th));
+            }
+        }
+    }
+}
+
 }  // namespace
 
 void register_avx512_iq4_xs(KernelTables& t) {
@@ -241,6 +342,7 @@ void register_avx512_iq4_xs(KernelTables& t) {
     a.gemm = gemm_iq4_xs;
     a.prepare_act = prepare_act;
     a.prepared_bytes = prepared_bytes;
+    a.to_large_batch = convert_to_q8_k_r8;
     TypeKernels& b = t.types[T_IQ4_XS_R8];
     b.gemm = gemm_iq4_xs_r8;
     b.prepare_act = prepare_act_r8;
