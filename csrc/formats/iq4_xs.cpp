@@ -139,29 +139,7 @@ void quantize_super_block(const float* x, uint8_t* out, const float* qw) {
         }
     }
 
-    // Pass 2: 6-bit block scales against the super-block scale, final indices.
-    const float d = -max_scale / 32.0f;
-    wr_u16(out + kOffD, fp32_to_fp16(d));
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    uint16_t sh = 0;
-    uint8_t* sl = out + kOffSl;
-    std::memset(sl, 0, 4);
-    for (int ib = 0; ib < kSuper / kBlock; ++ib) {
-        int l = nearest_int(id * scales[ib]);
-        l = l < -32 ? -32 : (l > 31 ? 31 : l);
-        const float dl = d * (float)l;
-        const float idl = dl != 0.0f ? 1.0f / dl : 0.0f;
-        uint8_t* Lb = L + ib * kBlock;
-        const float* xb = x + ib * kBlock;
-        for (int j = 0; j < kBlock; ++j) Lb[j] = (uint8_t)best_index(kNL, idl * xb[j]);
-        l += 32;
-        sl[ib / 2] |= (uint8_t)((l & 15) << (4 * (ib % 2)));
-        sh |= (uint16_t)((l >> 4) << (2 * ib));
-    }
-    wr_u16(out + kOffSh, sh);
-    uint8_t* qs = out + kOffQs;
-    for (int i = 0; i < kSuper / kBlock; ++i)
-        for (int j = 0; j < 16; ++j) qs[16 * i + j] = (uint8_t)(L[32 * i + j] | (L[32 * i + 16 + j] << 4));
+    iq4_xs::finish_super_block(x, scales, max_scale, out);
 }
 
 // quantize_iq4_xs: the imatrix is used as given (no QHelper).
@@ -252,9 +230,40 @@ void repack_from_r8(const uint8_t* src, uint8_t* dst, int64_t nrows, int64_t K) 
     for (int64_t g = 0; g < nrows / 8; ++g) repack_group_from_r8(src + 8 * g * rb, dst + 8 * g * rb, rb, K);
 }
 
-// quantize_iq4_xs_r8: QHelper-preprocessed imatrix (32-column blocks), quantize_iq4_xs per row,
-// then the repack of 8 rows.
-void quantize_iq4_xs_r8(const float* src, uint8_t* dst, int64_t nrows, int64_t K, const float* imatrix) {
+}  // namespace
+
+// Pass 2 of the quantizer (shared with the SIMD pass 1): 6-bit block scales against the
+// super-block scale -max_scale/32, final indices, packing. Also writes d and the scales.
+void iq4_xs::finish_super_block(const float* x, const float* scales, float max_scale, uint8_t* out) {
+    uint8_t L[kSuper];
+    const float d = -max_scale / 32.0f;
+    wr_u16(out + kOffD, fp32_to_fp16(d));
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    uint16_t sh = 0;
+    uint8_t* sl = out + kOffSl;
+    std::memset(sl, 0, 4);
+    for (int ib = 0; ib < kSuper / kBlock; ++ib) {
+        int l = nearest_int(id * scales[ib]);
+        l = l < -32 ? -32 : (l > 31 ? 31 : l);
+        const float dl = d * (float)l;
+        const float idl = dl != 0.0f ? 1.0f / dl : 0.0f;
+        uint8_t* Lb = L + ib * kBlock;
+        const float* xb = x + ib * kBlock;
+        for (int j = 0; j < kBlock; ++j) Lb[j] = (uint8_t)best_index(kNL, idl * xb[j]);
+        l += 32;
+        sl[ib / 2] |= (uint8_t)((l & 15) << (4 * (ib % 2)));
+        sh |= (uint16_t)((l >> 4) << (2 * ib));
+    }
+    wr_u16(out + kOffSh, sh);
+    uint8_t* qs = out + kOffQs;
+    for (int i = 0; i < kSuper / kBlock; ++i)
+        for (int j = 0; j < 16; ++j) qs[16 * i + j] = (uint8_t)(L[32 * i + j] | (L[32 * i + 16 + j] << 4));
+}
+
+// quantize_iq4_xs_r8 with a given per-row iq4_xs quantizer: QHelper-preprocessed imatrix
+// (32-column blocks), the rows, then the repack of 8 rows.
+void iq4_xs::quantize_r8_with(QuantizeFn base, const float* src, uint8_t* dst, int64_t nrows, int64_t K,
+                              const float* imatrix) {
     const int64_t rb = row_bytes(K);
     std::vector<uint8_t> tmp((size_t)(8 * rb));
     std::vector<float> qw(imatrix ? (size_t)K : 0);
@@ -262,10 +271,16 @@ void quantize_iq4_xs_r8(const float* src, uint8_t* dst, int64_t nrows, int64_t K
         for (int k = 0; k < 8; ++k) {
             const float* x = src + (8 * g + k) * K;
             if (imatrix) qhelper_row_weights(imatrix, x, K, kBlock, qw.data());
-            quantize_iq4_xs(x, tmp.data() + k * rb, 1, K, imatrix ? qw.data() : nullptr);
+            base(x, tmp.data() + k * rb, 1, K, imatrix ? qw.data() : nullptr);
         }
         repack_group_to_r8(tmp.data(), rb, dst + 8 * g * rb, K);
     }
+}
+
+namespace {
+
+void quantize_iq4_xs_r8(const float* src, uint8_t* dst, int64_t nrows, int64_t K, const float* imatrix) {
+    iq4_xs::quantize_r8_with(quantize_iq4_xs, src, dst, nrows, K, imatrix);
 }
 
 void dequantize_iq4_xs_r8(const uint8_t* src, float* dst, int64_t nrows, int64_t K) {

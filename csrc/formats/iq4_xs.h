@@ -54,5 +54,11 @@ static inline int nibble_r8(const uint8_t* g, int b, int k, int e) {
     return (e % 8) < 4 ? (byte & 15) : (byte >> 4);
 }
 
+// Defined in formats/iq4_xs.cpp (portable code, callable from the SIMD units):
+// pass 2 of the quantizer for one super-block, given pass 1's block scales and the signed
+// scale of largest magnitude; and quantize_iq4_xs_r8 around a per-row iq4_xs quantizer.
+void finish_super_block(const float* x, const float* scales, float max_scale, uint8_t* out);
+void quantize_r8_with(QuantizeFn base, const float* src, uint8_t* dst, int64_t nrows, int64_t K, const float* imatrix);
+
 }  // namespace iq4_xs
 }  // namespace iqkq

@@ -9,6 +9,7 @@
 
 #include "common.h"
 #include "formats/act.h"
+#include "formats/iq4_grid.h"
 #include "kernels/avx2/simd.h"
 
 namespace iqkq {
@@ -112,6 +113,60 @@ static inline void store_q8_k_r8_quants(const uint8_t (*q8)[256], uint8_t* o) {
         avx2::transpose8x8_epi32(v);
         for (int l = 0; l < 8; ++l) _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 16 + 32 * (8 * b + l)), v[l]);
     }
+}
+
+// ------------------------------------------------------------------------------ quantizers
+// best_index (formats/iq4_grid.h) of 8 floats at once, as a 4-step binary search over the 15
+// switching points t_k of the table: best_index(T, x) = #{k : x >= t_k} for every float x with
+// |x| < 2^31 (the thresholds are derived from the scalar best_index, which is monotone; the
+// identity was checked exhaustively for iq4_ks's tables by tools/iq4_ks_best_index_check.cpp).
+
+// Monotone map float -> int64 and back (for bisection over consecutive floats).
+static inline int64_t float_key(float f) {
+    const uint32_t u = fbits(f);
+    return (u & 0x80000000u) ? -(int64_t)(u & 0x7fffffffu) : (int64_t)u;
+}
+static inline float key_float(int64_t k) { return k < 0 ? bitsf((uint32_t)(-k) | 0x80000000u) : bitsf((uint32_t)k); }
+
+// t_k (k = 0..14) of the 16-entry ascending table T: the smallest float x with
+// best_index(T, x) > k, by bisection over consecutive floats; out[15] is unused.
+static inline void grid_thresholds(const int8_t* T, float* out) {
+    for (int k = 0; k < 15; ++k) {
+        int64_t lo = float_key((float)T[k]), hi = float_key((float)T[k + 1]);  // best: k at lo, k+1 at hi
+        while (hi - lo > 1) {
+            const int64_t mid = lo + (hi - lo) / 2;
+            if (iq4_grid::best_index(T, key_float(mid)) > k) hi = mid; else lo = mid;
+        }
+        out[k] = key_float(hi);
+    }
+    out[15] = 1e30f;  // unused
+}
+
+struct Search {
+    __m256 t7, t3, t11, v3, v4, teven, todd;  // thresholds; table entries 2p, 2p+1
+};
+
+static inline Search make_grid_search(const float* t, const int8_t* T) {
+    Search s;
+    s.t7 = _mm256_set1_ps(t[7]);
+    s.t3 = _mm256_set1_ps(t[3]);
+    s.t11 = _mm256_set1_ps(t[11]);
+    s.v3 = _mm256_setr_ps(t[1], t[5], t[9], t[13], t[1], t[5], t[9], t[13]);
+    s.v4 = _mm256_setr_ps(t[0], t[2], t[4], t[6], t[8], t[10], t[12], t[14]);
+    s.teven = _mm256_setr_ps(T[0], T[2], T[4], T[6], T[8], T[10], T[12], T[14]);
+    s.todd = _mm256_setr_ps(T[1], T[3], T[5], T[7], T[9], T[11], T[13], T[15]);
+    return s;
+}
+
+// T[best_index(T, x)] for 8 floats (|x| < 2^31): binary search for #{k : x >= t_k}.
+static inline __m256 best_value(__m256 x, const Search& s) {
+    const __m256 m1 = _mm256_cmp_ps(x, s.t7, _CMP_GE_OQ);                              // bit 3
+    const __m256 m2 = _mm256_cmp_ps(x, _mm256_blendv_ps(s.t3, s.t11, m1), _CMP_GE_OQ);  // bit 2
+    __m256i i = _mm256_sub_epi32(_mm256_and_si256(_mm256_castps_si256(m1), _mm256_set1_epi32(2)), _mm256_castps_si256(m2));
+    const __m256 m3 = _mm256_cmp_ps(x, _mm256_permutevar8x32_ps(s.v3, i), _CMP_GE_OQ);  // bit 1
+    i = _mm256_sub_epi32(_mm256_add_epi32(i, i), _mm256_castps_si256(m3));                // = index >> 1
+    const __m256 m4 = _mm256_cmp_ps(x, _mm256_permutevar8x32_ps(s.v4, i), _CMP_GE_OQ);  // bit 0
+    return _mm256_blendv_ps(_mm256_permutevar8x32_ps(s.teven, i), _mm256_permutevar8x32_ps(s.todd, i), m4);
 }
 
 }  // namespace avx2_iq4

@@ -43,56 +43,11 @@ inline __m256i table_vec(int shifted) {
 // (checked exhaustively by tools/iq4_ks_best_index_check.cpp).
 alignas(32) float g_thresholds[2][16];
 
-// Monotone map float -> int64 and back (for bisection over consecutive floats).
-int64_t float_key(float f) {
-    const uint32_t u = fbits(f);
-    return (u & 0x80000000u) ? -(int64_t)(u & 0x7fffffffu) : (int64_t)u;
-}
-float key_float(int64_t k) { return k < 0 ? bitsf((uint32_t)(-k) | 0x80000000u) : bitsf((uint32_t)k); }
-
 void init_thresholds() {
-    for (int h = 0; h < 2; ++h) {
-        const int8_t* T = kValues + 16 * h;
-        for (int k = 0; k < 15; ++k) {
-            int64_t lo = float_key((float)T[k]), hi = float_key((float)T[k + 1]);  // best: k at lo, k+1 at hi
-            while (hi - lo > 1) {
-                const int64_t mid = lo + (hi - lo) / 2;
-                if (best_index(T, key_float(mid)) > k) hi = mid; else lo = mid;
-            }
-            g_thresholds[h][k] = key_float(hi);
-        }
-        g_thresholds[h][15] = 1e30f;  // unused
-    }
+    for (int h = 0; h < 2; ++h) grid_thresholds(kValues + 16 * h, g_thresholds[h]);
 }
 
-struct Search {
-    __m256 t7, t3, t11, v3, v4, teven, todd;  // thresholds; table entries 2p, 2p+1
-};
-
-inline Search make_search(int shifted) {
-    const float* t = g_thresholds[shifted];
-    Search s;
-    s.t7 = _mm256_set1_ps(t[7]);
-    s.t3 = _mm256_set1_ps(t[3]);
-    s.t11 = _mm256_set1_ps(t[11]);
-    s.v3 = _mm256_setr_ps(t[1], t[5], t[9], t[13], t[1], t[5], t[9], t[13]);
-    s.v4 = _mm256_setr_ps(t[0], t[2], t[4], t[6], t[8], t[10], t[12], t[14]);
-    const int8_t* T = kValues + 16 * shifted;
-    s.teven = _mm256_setr_ps(T[0], T[2], T[4], T[6], T[8], T[10], T[12], T[14]);
-    s.todd = _mm256_setr_ps(T[1], T[3], T[5], T[7], T[9], T[11], T[13], T[15]);
-    return s;
-}
-
-// T[best_index(T, x)] for 8 floats (|x| < 2^31): binary search for #{k : x >= t_k}.
-inline __m256 best_value(__m256 x, const Search& s) {
-    const __m256 m1 = _mm256_cmp_ps(x, s.t7, _CMP_GE_OQ);                              // bit 3
-    const __m256 m2 = _mm256_cmp_ps(x, _mm256_blendv_ps(s.t3, s.t11, m1), _CMP_GE_OQ);  // bit 2
-    __m256i i = _mm256_sub_epi32(_mm256_and_si256(_mm256_castps_si256(m1), _mm256_set1_epi32(2)), _mm256_castps_si256(m2));
-    const __m256 m3 = _mm256_cmp_ps(x, _mm256_permutevar8x32_ps(s.v3, i), _CMP_GE_OQ);  // bit 1
-    i = _mm256_sub_epi32(_mm256_add_epi32(i, i), _mm256_castps_si256(m3));                // = index >> 1
-    const __m256 m4 = _mm256_cmp_ps(x, _mm256_permutevar8x32_ps(s.v4, i), _CMP_GE_OQ);  // bit 0
-    return _mm256_blendv_ps(_mm256_permutevar8x32_ps(s.teven, i), _mm256_permutevar8x32_ps(s.todd, i), m4);
-}
+inline Search make_search(int shifted) { return make_grid_search(g_thresholds[shifted], kValues + 16 * shifted); }
 
 // 16 scale trials with the same table (lane = trial with scale id0[lane] resp. id1[lane]),
 // two vectors interleaved for more independent work; sums in element order.
