@@ -209,3 +209,32 @@ def test_large_batch_uses_q8_k_r8_like_ik():
     assert t.large_batch == "q8_k_r8" and t.large_batch_min_n == 32
     assert iqkq.type_info("iq4_xs_r8").large_batch is None
     assert iqkq.type_info("iq4_xs").act_format == "q8_K" and iqkq.type_info("iq4_xs_r8").act_format == "q8_K32"
+
+
+# ----------------------------------------------------------------------------- SIMD quantizer
+def weight_kinds(rows, K, seed):
+    r = np.random.default_rng(seed)
+    yield "normal", r.standard_normal((rows, K))
+    yield "student_t2", r.standard_t(2, (rows, K))
+    yield "integers", r.integers(-8, 9, (rows, K)).astype(np.float64)  # ties in best_index / the search
+    yield "halves", r.integers(-20, 21, (rows, K)) * 0.5
+    yield "sparse", r.standard_normal((rows, K)) * (r.random((rows, K)) < 0.1)
+    yield "tiny", r.standard_normal((rows, K)) * 1e-12
+    yield "large", r.standard_normal((rows, K)) * 1e6
+    yield "mixed_scales", r.standard_normal((rows, K)) * np.exp(r.normal(0, 4, (rows, K // 32, 1))).repeat(32, 2).reshape(rows, K)
+    yield "constant_blocks", np.repeat(r.integers(-3, 4, (rows, K // 32)), 32, axis=1).astype(np.float64)
+
+
+@pytest.mark.parametrize("t", ["iq4_xs", "iq4_xs_r8"])
+def test_quantize_all_isas_identical(t):
+    rows, K = 16, 512
+    r = np.random.default_rng(20)
+    ims = [None, np.exp(r.normal(0, 1, K)).astype(np.float32), np.where(r.random(K) < 0.2, 0, r.random(K)).astype(np.float32)]
+    for kind, w in weight_kinds(rows, K, 21):
+        w = w.astype(np.float32)
+        for im in ims:
+            ref = with_isa("scalar", iqkq.quantize, w, t, imatrix=im)
+            for name in ISAS[1:]:
+                got = with_isa(name, iqkq.quantize, w, t, imatrix=im)
+                bad = np.flatnonzero(got.data != ref.data)
+                assert bad.size == 0, f"{kind} imatrix={im is not None} [{name}]: {bad.size} bytes differ"

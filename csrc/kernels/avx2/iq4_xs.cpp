@@ -41,6 +41,195 @@ inline __m256i block_scale_pairs(const uint8_t* sb) {
     return _mm256_sub_epi16(_mm256_or_si256(c, _mm256_slli_epi32(c, 16)), _mm256_set1_epi16(32));
 }
 
+// ================================================================================ quantization
+//
+// Pass 1 of the quantizer (formats/iq4_xs.cpp quantize_super_block), per 32-block: the 31
+// scale trials are vectorized across trials (lane = trial; the weighted sums run over the
+// elements in order, as in the reference) with best_index as the threshold search of
+// family_iq4.h (|id * x| <= 134 * (1 + 2^-23) here); the accept decisions then run in the
+// reference order. The greedy refinement evaluates its 32 gradients / steps 8 at a time and
+// picks the first element of smallest step, as the reference loop does. Pass 2 is the
+// portable iq4_xs::finish_super_block.
+
+alignas(32) float g_thr[16];  // switching points of kvalues_iq4nl (register_avx2_iq4_xs)
+
+// Smallest of 8 floats (no NaN here).
+inline float hmin8(__m256 v) {
+    __m128 m = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_min_ps(_mm_movehl_ps(m, m), m);
+    m = _mm_min_ss(_mm_movehdup_ps(m), m);
+    return _mm_cvtss_f32(m);
+}
+
+// 16-entry float table lookup by int32 index 0..15.
+inline __m256 lookup16(__m256 lo, __m256 hi, __m256i idx) {
+    return _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, idx), _mm256_permutevar8x32_ps(hi, idx),
+                            _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
+}
+
+struct GridTables {
+    float val[16], up[16], dn[16];  // grid, grid[L+1] - grid[L], grid[L-1] - grid[L]
+};
+constexpr GridTables make_grid_tables() {
+    GridTables t{};
+    for (int l = 0; l < 16; ++l) {
+        t.val[l] = (float)iq4_grid::kValues[l];
+        t.up[l] = l < 15 ? (float)(iq4_grid::kValues[l + 1] - iq4_grid::kValues[l]) : 0.0f;
+        t.dn[l] = l > 0 ? (float)(iq4_grid::kValues[l - 1] - iq4_grid::kValues[l]) : 0.0f;
+    }
+    return t;
+}
+alignas(32) constexpr GridTables kGT = make_grid_tables();
+
+// Block scale of one 32-block (x, weights w): the reference's pass 1 for that block.
+float block_scale(const float* xb, const float* w, const Search& s) {
+    __m256 ax[4];
+    for (int k = 0; k < 4; ++k) ax[k] = avx2::abs_ps(_mm256_loadu_ps(xb + 8 * k));
+    const float amax = avx2::hmax8(_mm256_max_ps(_mm256_max_ps(ax[0], ax[1]), _mm256_max_ps(ax[2], ax[3])));
+    if (amax < 1e-15f) return 0.0f;  // GROUP_MAX_EPS
+    const __m256 va = _mm256_set1_ps(amax);
+    uint32_t hit = 0;
+    for (int k = 0; k < 4; ++k) hit |= (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(ax[k], va, _CMP_EQ_OQ)) << (8 * k);
+    const float max = xb[__builtin_ctz(hit)];
+
+    // lane 0: the first trial (id = 1/d); lanes 1 + 2k, 2 + 2k: t = k - 7 with grid[0], grid[15]
+    const float d0 = -max / (float)kNL[0];
+    alignas(32) float ids[32];
+    {
+        const __m256 vmax = _mm256_set1_ps(max);
+        alignas(32) float num[32];
+        num[0] = 0.0f;
+        for (int k = 0; k < 15; ++k) {
+            num[1 + 2 * k] = (float)(k - 7 + kNL[0]);
+            num[2 + 2 * k] = (float)(k - 7 + kNL[15]);
+        }
+        num[31] = 0.0f;
+        for (int v = 0; v < 4; ++v) _mm256_store_ps(ids + 8 * v, _mm256_div_ps(_mm256_load_ps(num + 8 * v), vmax));
+        ids[0] = 1.0f / d0;
+        ids[31] = 0.0f;
+    }
+    alignas(32) float sqx[32], sq2[32];
+    {
+        __m256 id[4], a[4], b[4];
+        for (int v = 0; v < 4; ++v) {
+            id[v] = _mm256_load_ps(ids + 8 * v);
+            a[v] = b[v] = _mm256_setzero_ps();
+        }
+        for (int j = 0; j < kBlock; ++j) {
+            const __m256 x = _mm256_broadcast_ss(xb + j), wj = _mm256_broadcast_ss(w + j);
+            for (int v = 0; v < 4; ++v) {
+                const __m256 q = best_value(_mm256_mul_ps(id[v], x), s);
+                const __m256 wq = _mm256_mul_ps(wj, q);
+                a[v] = _mm256_add_ps(a[v], _mm256_mul_ps(wq, x));
+                b[v] = _mm256_add_ps(b[v], _mm256_mul_ps(wq, q));
+            }
+        }
+        for (int v = 0; v < 4; ++v) {
+            _mm256_store_ps(sqx + 8 * v, a[v]);
+            _mm256_store_ps(sq2 + 8 * v, b[v]);
+        }
+    }
+    float d = sqx[0] / sq2[0];  // unguarded, as in the reference
+    float best = d * sqx[0];
+    float sumqx = sqx[0], sumq2 = sq2[0];
+    int win = 0;
+    for (int l = 1; l <= 30; ++l) {
+        if (sq2[l] > 0 && sqx[l] * sqx[l] > best * sq2[l]) {
+            d = sqx[l] / sq2[l];
+            best = d * sqx[l];
+            sumqx = sqx[l];
+            sumq2 = sq2[l];
+            win = l;
+        }
+    }
+    alignas(32) int32_t L[kBlock];
+    for (int j = 0; j < kBlock; ++j) L[j] = iq4_grid::best_index(kNL, ids[win] * xb[j]);
+
+    // Greedy refinement.
+    const __m256 tv0 = _mm256_load_ps(kGT.val), tv1 = _mm256_load_ps(kGT.val + 8);
+    const __m256 tu0 = _mm256_load_ps(kGT.up), tu1 = _mm256_load_ps(kGT.up + 8);
+    const __m256 td0 = _mm256_load_ps(kGT.dn), td1 = _mm256_load_ps(kGT.dn + 8);
+    const __m256 inf = _mm256_set1_ps(__builtin_inff());
+    const __m256i i15 = _mm256_set1_epi32(15), i0 = _mm256_setzero_si256();
+    for (int iter = 0; iter < 32 * kBlock; ++iter) {
+        const __m256 vd = _mm256_set1_ps(d);
+        __m256 st[4];
+        uint32_t upm = 0;
+        for (int c = 0; c < 4; ++c) {
+            const __m256i Lv = _mm256_load_si256(reinterpret_cast<const __m256i*>(L + 8 * c));
+            const __m256 x = _mm256_loadu_ps(xb + 8 * c), wv = _mm256_loadu_ps(w + 8 * c);
+            const __m256 g = _mm256_mul_ps(_mm256_mul_ps(vd, wv), _mm256_sub_ps(x, _mm256_mul_ps(vd, lookup16(tv0, tv1, Lv))));
+            const __m256 up = _mm256_and_ps(_mm256_cmp_ps(g, _mm256_setzero_ps(), _CMP_GT_OQ),
+                                            _mm256_castsi256_ps(_mm256_cmpgt_epi32(i15, Lv)));
+            const __m256 dn = _mm256_and_ps(_mm256_cmp_ps(g, _mm256_setzero_ps(), _CMP_LT_OQ),
+                                            _mm256_castsi256_ps(_mm256_cmpgt_epi32(Lv, i0)));
+            const __m256 num = _mm256_blendv_ps(lookup16(td0, td1, Lv), lookup16(tu0, tu1, Lv), up);
+            st[c] = _mm256_blendv_ps(inf, _mm256_div_ps(num, g), _mm256_or_ps(up, dn));
+            upm |= (uint32_t)_mm256_movemask_ps(up) << (8 * c);
+        }
+        const float m = hmin8(_mm256_min_ps(_mm256_min_ps(st[0], st[1]), _mm256_min_ps(st[2], st[3])));
+        if (!(m < __builtin_inff())) break;  // no candidate
+        const __m256 vm = _mm256_set1_ps(m);
+        uint32_t eq = 0;
+        for (int c = 0; c < 4; ++c) eq |= (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(st[c], vm, _CMP_EQ_OQ)) << (8 * c);
+        const int best_j = __builtin_ctz(eq);
+        const int dir = (upm >> best_j) & 1 ? 1 : -1;
+        const float wj = w[best_j];
+        const int v0 = kNL[L[best_j]], v1 = kNL[L[best_j] + dir];
+        const float new_sumqx = sumqx + wj * xb[best_j] * (float)(v1 - v0);
+        const float new_sumq2 = sumq2 + wj * (float)(v1 * v1 - v0 * v0);
+        if (new_sumq2 > 0 && new_sumqx * new_sumqx > best * new_sumq2) {
+            sumqx = new_sumqx;
+            sumq2 = new_sumq2;
+            d = sumqx / sumq2;
+            best = d * sumqx;
+            L[best_j] += dir;
+        } else {
+            break;
+        }
+    }
+    return d;
+}
+
+void quantize_iq4_xs(const float* src, uint8_t* dst, int64_t nrows, int64_t K, const float* imatrix) {
+    const int64_t rb = row_bytes(K);
+    const Search s = make_grid_search(g_thr, kNL);
+    alignas(32) float w[kBlock];
+    float scales[8];
+    for (int64_t r = 0; r < nrows; ++r) {
+        for (int64_t i = 0; i < K / kSuper; ++i) {
+            const float* x = src + r * K + i * kSuper;
+            const float* qw = imatrix ? imatrix + i * kSuper : nullptr;
+            float sigma2 = 0.0f;
+            for (int j = 0; j < kSuper; ++j) sigma2 += x[j] * x[j];
+            sigma2 *= 2.0f / kSuper;
+            float max_scale = 0.0f, amax_scale = 0.0f;
+            for (int b = 0; b < 8; ++b) {
+                const float* xb = x + b * kBlock;
+                for (int j = 0; j < kBlock; j += 8) {
+                    const __m256 xv = _mm256_loadu_ps(xb + j);
+                    const __m256 x2 = _mm256_mul_ps(xv, xv);
+                    _mm256_store_ps(w + j, qw ? _mm256_mul_ps(_mm256_loadu_ps(qw + b * kBlock + j),
+                                                              _mm256_sqrt_ps(_mm256_add_ps(_mm256_set1_ps(sigma2), x2)))
+                                              : x2);
+                }
+                const float d = block_scale(xb, w, s);
+                scales[b] = d;
+                const float ad = fabsf_(d);
+                if (ad > amax_scale) {
+                    amax_scale = ad;
+                    max_scale = d;
+                }
+            }
+            iq4_xs::finish_super_block(x, scales, max_scale, dst + r * rb + i * kBytes);
+        }
+    }
+}
+
+void quantize_iq4_xs_r8(const float* src, uint8_t* dst, int64_t nrows, int64_t K, const float* imatrix) {
+    iq4_xs::quantize_r8_with(quantize_iq4_xs, src, dst, nrows, K, imatrix);
+}
+
 // ================================================================================ dequantization
 
 void dequantize_iq4_xs(const uint8_t* src, float* dst, int64_t nrows, int64_t K) {
@@ -268,7 +457,9 @@ void convert_to_q8_k_r8(const uint8_t* src, uint8_t* dst, int64_t nrows, int64_t
 }  // namespace
 
 void register_avx2_iq4_xs(KernelTables& t) {
+    grid_thresholds(kNL, g_thr);
     TypeKernels& a = t.types[T_IQ4_XS];
+    a.quantize = quantize_iq4_xs;
     a.dequantize = dequantize_iq4_xs;
     a.gemm = gemm_iq4_xs;
     a.prepare_act = pair_activations_q8k;
@@ -276,6 +467,7 @@ void register_avx2_iq4_xs(KernelTables& t) {
     a.tile_bytes = kTileBytes;
     a.to_large_batch = convert_to_q8_k_r8;
     TypeKernels& b = t.types[T_IQ4_XS_R8];
+    b.quantize = quantize_iq4_xs_r8;
     b.dequantize = dequantize_iq4_xs_r8;
     b.gemm = gemm_iq4_xs_r8;
     b.tile_bytes = kTileBytes;
