@@ -238,3 +238,22 @@ def test_quantize_all_isas_identical(t):
                 got = with_isa(name, iqkq.quantize, w, t, imatrix=im)
                 bad = np.flatnonzero(got.data != ref.data)
                 assert bad.size == 0, f"{kind} imatrix={im is not None} [{name}]: {bad.size} bytes differ"
+
+
+def test_gguf_file_round_trip_through_gguf_py(tmp_path):
+    """iq4_xs is a mainline ggml type: a file iqkq writes opens in gguf-py, whose dequantizer
+    gives iqkq's floats bit for bit, and iqkq reads it back byte for byte."""
+    gguf = pytest.importorskip("gguf")
+    w = normal(32, 512, 30)
+    q = iqkq.quantize(w, "iq4_xs")
+    meta = iqkq.gguf.GGUFMetadata() if hasattr(iqkq.gguf, "GGUFMetadata") else {}
+    meta["general.architecture"] = "llama"
+    path = tmp_path / "iq4_xs.gguf"
+    iqkq.gguf.save(path, {"blk.0.ffn_up.weight": q}, meta)
+    r = gguf.GGUFReader(path)
+    t = r.tensors[0]
+    assert int(t.tensor_type) == 23
+    y = gguf.quants.dequantize(t.data, t.tensor_type).reshape(32, 512)
+    np.testing.assert_array_equal(y.view(np.uint32), iqkq.dequantize(q).view(np.uint32))
+    back, _ = iqkq.gguf.load(path)
+    assert back["blk.0.ffn_up.weight"] == q
