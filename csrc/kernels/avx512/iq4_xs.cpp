@@ -139,30 +139,39 @@ void gemm_iq4_xs(const GemmArgs& g) {
 // once per call). A block's 128 nibble bytes are two 64-byte registers; the VPERMB-decoded
 // low / high nibbles hold, per 256-bit half h and dword lane k (row k), elements
 // {0..3, 4..7, 16..19, 20..23} (h = 0) resp. {8..11, 12..15, 24..27, 28..31} (h = 1); the
-// activations are laid out to match (each dword broadcast over the 8 rows). The block scale of
+// activations are laid out to match (prepare_act_r8). The block scale of
 // row k multiplies both halves (VPMULLD), the halves add up at the end of the super-block:
 // I_k exactly, then acc_k = fma(d_k * dA, I_k, acc_k) as in the AVX2 kernel.
 
-constexpr int kR8PrepBlock = 320;  // per 32-block: correction (16 x i32) + 4 x 64 bytes of dwords
+// Prepared activations per super-block: for each block b, 64 bytes [A, A, B, B] (16-byte
+// chunks) with A = elements (0..3, 4..7, 16..19, 20..23) and B = (8..11, 12..15, 24..27,
+// 28..31), so that VPSHUFD with dword t gives, per 256-bit half, the 4 activations of decoded
+// register t; then the corrections -128 * (sum of the 16 activations of half h), block b at
+// int32 2b + h (32 int32 slots, the upper 16 zero, so an unaligned 64-byte load from slot 2b
+// stays inside).
+constexpr int kR8PrepSuper = 8 * 64 + 128;
 
 void prepare_act_r8(const uint8_t* act, uint8_t* out, int64_t K) {
-    // element group (4 values) of (register v, half h): v = 0: 0, 2; v = 1: 1, 3; v = 2: 4, 6; v = 3: 5, 7
-    static constexpr int kGroup[4][2] = {{0, 2}, {1, 3}, {4, 6}, {5, 7}};
+    static constexpr int kA[4] = {0, 1, 4, 5}, kB[4] = {2, 3, 6, 7};  // element groups (4 values)
     for (int64_t i = 0; i < K / kSuper; ++i) {
         const int8_t* q = reinterpret_cast<const int8_t*>(act + i * kActBytes + act::kQ8KQs);
+        uint8_t* o = out + i * kR8PrepSuper;
+        std::memset(o + 8 * 64, 0, 128);
         for (int b = 0; b < 8; ++b) {
             const int8_t* y = q + 32 * b;
-            uint8_t* o = out + (i * 8 + b) * kR8PrepBlock;
+            for (int t = 0; t < 4; ++t) {
+                std::memcpy(o + 64 * b + 4 * t, y + 4 * kA[t], 4);
+                std::memcpy(o + 64 * b + 16 + 4 * t, y + 4 * kA[t], 4);
+                std::memcpy(o + 64 * b + 32 + 4 * t, y + 4 * kB[t], 4);
+                std::memcpy(o + 64 * b + 48 + 4 * t, y + 4 * kB[t], 4);
+            }
             int32_t half[2] = {0, 0};
             for (int e = 0; e < 32; ++e) half[(e / 8) & 1] += y[e];
-            for (int k = 0; k < 16; ++k) wr_u32(o + 4 * k, (uint32_t)(-128 * half[k / 8]));
-            for (int v = 0; v < 4; ++v)
-                for (int h = 0; h < 2; ++h)
-                    for (int k = 0; k < 8; ++k) std::memcpy(o + 64 + 64 * v + 32 * h + 4 * k, y + 4 * kGroup[v][h], 4);
+            for (int h = 0; h < 2; ++h) wr_u32(o + 8 * 64 + 4 * (2 * b + h), (uint32_t)(-128 * half[h]));
         }
     }
 }
-size_t prepared_bytes_r8(int64_t K) { return (size_t)(K / kBlock) * kR8PrepBlock; }
+size_t prepared_bytes_r8(int64_t K) { return (size_t)(K / kSuper) * kR8PrepSuper; }
 
 // The 64 scales (code - 32) of an iq4_xs_r8 group super-block, byte 8b + k = block b, row k.
 inline void r8_scales(const uint8_t* gb, int8_t* out) {
@@ -180,6 +189,7 @@ template <int NC>
 __attribute__((noinline)) void gemm_r8_cols(const GemmArgs& g, int64_t n0) {
     const int64_t nsuper = g.K / kSuper;
     const __m512i tab = _mm512_load_si512(kT.grid_u);
+    const __m512i corr_idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
     alignas(32) int8_t sc[64];
     const uint8_t* acts[NC];
     const uint8_t* pq[NC];
@@ -204,12 +214,13 @@ __attribute__((noinline)) void gemm_r8_cols(const GemmArgs& g, int64_t n0) {
                 const __m512i v0 = _mm512_permutexvar_epi8(Q0, tab), v1 = _mm512_permutexvar_epi8(_mm512_srli_epi16(Q0, 4), tab);
                 const __m512i v2 = _mm512_permutexvar_epi8(Q1, tab), v3 = _mm512_permutexvar_epi8(_mm512_srli_epi16(Q1, 4), tab);
                 for (int n = 0; n < NC; ++n) {
-                    const uint8_t* a = pq[n] + (i * 8 + b) * kR8PrepBlock;
-                    __m512i p = _mm512_loadu_si512(a);
-                    p = _mm512_dpbusd_epi32(p, v0, _mm512_loadu_si512(a + 64));
-                    p = _mm512_dpbusd_epi32(p, v1, _mm512_loadu_si512(a + 128));
-                    p = _mm512_dpbusd_epi32(p, v2, _mm512_loadu_si512(a + 192));
-                    p = _mm512_dpbusd_epi32(p, v3, _mm512_loadu_si512(a + 256));
+                    const uint8_t* a = pq[n] + i * kR8PrepSuper;
+                    const __m512i y = _mm512_loadu_si512(a + 64 * b);
+                    __m512i p = _mm512_permutexvar_epi32(corr_idx, _mm512_loadu_si512(a + 8 * 64 + 8 * b));
+                    p = _mm512_dpbusd_epi32(p, v0, _mm512_shuffle_epi32(y, _MM_PERM_AAAA));
+                    p = _mm512_dpbusd_epi32(p, v1, _mm512_shuffle_epi32(y, _MM_PERM_BBBB));
+                    p = _mm512_dpbusd_epi32(p, v2, _mm512_shuffle_epi32(y, _MM_PERM_CCCC));
+                    p = _mm512_dpbusd_epi32(p, v3, _mm512_shuffle_epi32(y, _MM_PERM_DDDD));
                     isum[n] = _mm512_add_epi32(isum[n], _mm512_mullo_epi32(ls, p));
                 }
             }
