@@ -27,6 +27,8 @@ enum TypeIndex : int {
     T_Q6_0_R4,
     T_IQ4_NL,
     T_IQ4_NL_R4,
+    T_IQ4_XS,
+    T_IQ4_XS_R8,
     T_COUNT
 };
 
@@ -164,6 +166,8 @@ inline constexpr TypeTraits kTypes[T_COUNT] = {
     {T_Q6_0_R4,    "q6_0_r4",   233,  32,  26,   0,  4, A_Q8_2_X4, false, -1,           T_Q6_0,    -1,          0},
     {T_IQ4_NL,     "iq4_nl",     20,  32,  18,   0,  1, A_Q8_2_X4, false, T_IQ4_NL_R4,  -1,        T_Q8_0_R8,  32},
     {T_IQ4_NL_R4,  "iq4_nl_r4", 220,  32,  18,   0,  4, A_Q8_2_X4, false, -1,           T_IQ4_NL,  -1,          0},
+    {T_IQ4_XS,     "iq4_xs",     23, 256, 136,   0,  1, A_Q8_K,    false, T_IQ4_XS_R8,  -1,        T_Q8_K_R8,  32},
+    {T_IQ4_XS_R8,  "iq4_xs_r8", 223, 256, 136,   0,  8, A_Q8_K32,  false, -1,           T_IQ4_XS,  -1,          0},
 };
 
 // Compile-time consistency of the tables: rows in enum order, twins pointing at each other

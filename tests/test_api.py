@@ -39,10 +39,14 @@ def test_types_match_oracle_traits():
     from conftest import LOCAL
 
     rows = {}
-    for line in (LOCAL / "types.jsonl").read_text().splitlines():
-        if line.strip():
-            r = json.loads(line)
-            rows[r["name"]] = r
+    # types_extra.jsonl: the same traits, read from ik_llama.cpp's source, for types the
+    # oracle's types.jsonl does not list (each row names its source)
+    for name in ("types.jsonl", "types_extra.jsonl"):
+        path = LOCAL / name
+        for line in (path.read_text().splitlines() if path.exists() else []):
+            if line.strip():
+                r = json.loads(line)
+                rows.setdefault(r["name"], r)
     for t in iqkq.types():
         r = rows[t.name]
         assert t.ggml_id == r["id"]

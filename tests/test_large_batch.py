@@ -11,7 +11,7 @@ LB = {t.name: iqkq.ops._LARGE_BATCH[t.name] for t in iqkq.types() if iqkq.ops._L
 
 
 def test_large_batch_types():
-    assert LB == {"q8_0": "q8_0_r8", "iq4_ks": "q8_k_r8", "iq3_xxs": "q8_k_r8",
+    assert LB == {"q8_0": "q8_0_r8", "iq4_ks": "q8_k_r8", "iq3_xxs": "q8_k_r8", "iq4_xs": "q8_k_r8",
                   "q4_0": "q8_0_r8", "q5_0": "q8_0_r8", "q6_0": "q8_0_r8", "iq4_nl": "q8_0_r8"}
 
 
@@ -66,7 +66,9 @@ def test_paths_agree_to_requantization_error(qtype):
     yd, yr = iqkq.matmul(q, x, path="direct"), iqkq.matmul(q, x, path="repack")
     rel = np.abs(yd - yr).max() / np.abs(yd).max()
     exact = qtype in ("q8_0", "q4_0", "q5_0", "q6_0", "iq4_nl")
-    assert rel < (1e-5 if exact else 3e-2), rel
+    # iq4_xs: ik_llama.cpp's direct AVX2 kernel saturates int16 pair sums (unsigned grid + 128,
+    # maddubs), which the converted path does not; that difference dominates
+    assert rel < (1e-5 if exact else 0.3 if qtype == "iq4_xs" else 3e-2), rel
     if not exact:
         assert rel > 1e-5  # the conversion really re-rounds
 

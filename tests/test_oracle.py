@@ -13,7 +13,8 @@ from conftest import load, oracle_cases
 # Types whose matmul reproduces ik_llama.cpp's float order exactly on every path (all of them,
 # the large-batch conversions included).
 BIT_EXACT_MATMUL = {"q8_0", "q8_0_r8", "q8_k_r8", "iq4_ks", "iq4_ks_r4", "iq3_xxs", "iq3_xxs_r4",
-                    "q4_0", "q4_0_r8", "q5_0", "q5_0_r4", "q6_0", "q6_0_r4", "iq4_nl", "iq4_nl_r4"}
+                    "q4_0", "q4_0_r8", "q5_0", "q5_0_r4", "q6_0", "q6_0_r4", "iq4_nl", "iq4_nl_r4",
+                    "iq4_xs", "iq4_xs_r8"}
 
 
 def matmul_cases():

@@ -1,6 +1,6 @@
 // iq4_ks (id 144) and iq4_ks_r4 (id 344): scalar reference quantize / dequantize / repack,
 // the conversion to q8_k_r8 for large batches, and the scalar twins of the matmul kernels
-// (docs/formats.md §6, §7, §11.3 E and G, §11.4).
+// (FORMATS.md §6, §7, §11.3 E and G, §11.4).
 //
 // This file is the readable definition: every float operation is written out once, in the
 // order of the specification, with no implicit contraction (-ffp-contract=off). The AVX2
@@ -9,6 +9,8 @@
 
 #include "common.h"
 #include "formats/act.h"
+#include "formats/q8_k_r8.h"
+#include "formats/qhelper.h"
 #include "types.h"
 
 #include <algorithm>
@@ -23,26 +25,6 @@ const int8_t* const kBase = kValues;          // base half-table
 const int8_t* const kShifted = kValues + 16;  // base + 4
 
 // ------------------------------------------------------------------------------ quantization
-
-// QHelper (docs/formats.md §6.3): per row and 32-column block, keep the imatrix
-// weights unless the block is degenerate, else replace them all by 1e-9.
-void imatrix_row_weights(const float* imatrix, const float* x, int64_t K, float* out) {
-    const float eps = 1e-9f;
-    const float eps2 = eps * eps;
-    const float thr = (float)kBlock * eps2;
-    for (int64_t b = 0; b < K / kBlock; ++b) {
-        const float* w = imatrix + b * kBlock;
-        const float* xb = x + b * kBlock;
-        float sw2 = 0.0f, sx2 = 0.0f, swx = 0.0f;
-        for (int j = 0; j < kBlock; ++j) {
-            sw2 += w[j] * w[j];
-            sx2 += xb[j] * xb[j];
-            swx += w[j] * fabsf_(xb[j]);
-        }
-        const bool keep = sw2 > thr && sx2 > thr && swx > thr;
-        for (int j = 0; j < kBlock; ++j) out[b * kBlock + j] = keep ? w[j] : eps;
-    }
-}
 
 // sigma^2 of a super-block: sequential sum of squares times 2/256.
 float super_block_sigma2(const float* x) {
@@ -79,7 +61,7 @@ TrialSums trial(const int8_t* T, float id, const float* xb, const float* w) {
     return s;
 }
 
-// Pass 1 for one block (docs/formats.md §6.3 steps 3-9): the block scale S (possibly negative,
+// Pass 1 for one block (FORMATS.md §6.3 steps 3-9): the block scale S (possibly negative,
 // 0 for a skipped block) and whether the shifted table won.
 struct BlockScale {
     float d;
@@ -187,7 +169,7 @@ void quantize_iq4_ks(const float* src, uint8_t* dst, int64_t nrows, int64_t K, c
     std::vector<float> scales((size_t)(K / kBlock));
     for (int64_t r = 0; r < nrows; ++r) {
         const float* x = src + r * K;
-        if (imatrix) imatrix_row_weights(imatrix, x, K, qw.data());
+        if (imatrix) qhelper_row_weights(imatrix, x, K, kBlock, qw.data());  // QHelper (NOTES.md §8)
         quantize_row(x, dst + r * rb, K, imatrix ? qw.data() : nullptr, scales.data());
     }
 }
@@ -221,7 +203,7 @@ void dequantize_iq4_ks(const uint8_t* src, float* dst, int64_t nrows, int64_t K)
 
 // Nibble of element e (0..31) of block b of row r inside an interleaved super-block's qs:
 // element quarter k = e/4 lives at byte 64b + 4r + e%4 + {0, 32, 0, 32, 16, 48, 16, 48}[k],
-// in the low nibble for k = 0, 1, 4, 5 and the high nibble for k = 2, 3, 6, 7 (docs/formats.md §7.1).
+// in the low nibble for k = 0, 1, 4, 5 and the high nibble for k = 2, 3, 6, 7 (FORMATS.md §7.1).
 int r4_nibble(const uint8_t* qs, int b, int r, int e) {
     const int k = e / 4;
     const int off = ((k >> 2) & 1) * 16 + (k & 1) * 32;
@@ -309,7 +291,7 @@ void dequantize_iq4_ks_r4(const uint8_t* src, float* dst, int64_t nrows, int64_t
 
 // ------------------------------------------------------------------------------ matmul
 
-// q8_K / q8_K32 activation super-block (docs/formats.md §4.1): f32 d at 0, int8 quants at 8,
+// q8_K / q8_K32 activation super-block (FORMATS.md §4.1): f32 d at 0, int8 quants at 8,
 // bsums at 264 (q8_K32: 8 x f32 d * block sums).
 constexpr int kActBytes = act::kQ8KBytes;  // one q8_K / q8_K32 record
 
@@ -391,7 +373,7 @@ void gemm_iq4_ks_r4(const GemmArgs& g) {
 
 // ------------------------------------------------------------------------------ large batch
 
-// iq4_ks -> q8_k_r8 (docs/formats.md §11.4, layout §5): per 8 rows and super-block, each row's
+// iq4_ks -> q8_k_r8 (FORMATS.md §11.4, layout §5): per 8 rows and super-block, each row's
 // integers ls * T[n] are re-scaled to int8 if they exceed it, with fp16(D * dnew) as scale.
 constexpr int kQ8kR8Bytes = 16 + 8 * 256;
 
@@ -405,22 +387,13 @@ void convert_to_q8_k_r8(const uint8_t* src, uint8_t* dst, int64_t nrows, int64_t
                 const uint8_t* row = src + (8 * g + r) * rb;
                 const uint8_t* sb = row + kRowMeta + i * kSuperBytes;
                 int v[kSuper];
-                int M = 0;
                 for (int e = 0; e < kSuper; ++e) {
                     const int b = e / kBlock, j = e % kBlock;
                     const uint8_t* qs = sb + 8 + 16 * b;
                     const int nib = j < 16 ? qs[j] & 15 : qs[j - 16] >> 4;
                     v[e] = ((sb[b] & 254) - 127) * kValues[16 * (sb[b] & 1) + nib];
-                    M = std::max(M, v[e] < 0 ? -v[e] : v[e]);
                 }
-                float dnew = (float)M * d0;
-                const bool rescale = !(dnew < 1.0f);
-                if (!rescale) dnew = 1.0f;
-                const float inv = fabsf_(dnew) > 1e-9f ? 1.0f / dnew : 0.0f;
-                for (int e = 0; e < kSuper; ++e) {
-                    const int8_t qv = rescale ? sat_i8(cvt_rne_i32(inv * (float)v[e])) : (int8_t)v[e];
-                    o[16 + 32 * (e / 4) + 4 * r + e % 4] = (uint8_t)qv;
-                }
+                const float dnew = q8_k_r8::pack_row_scalar(v, d0, r, o);
                 wr_u16(o + 2 * r, fp32_to_fp16(rd_f32(row) * dnew));
             }
         }

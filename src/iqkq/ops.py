@@ -325,7 +325,7 @@ def dequantize(q, *, threads: Optional[int] = None) -> np.ndarray:
 
 def repack(q: QuantizedTensor, qtype: Union[str, int, TypeInfo], *, threads: Optional[int] = None) -> QuantizedTensor:
     """Convert between a type and its row-interleaved twin (e.g. ``q8_0`` <-> ``q8_0_r8``), or
-    to the type's large-batch form (``iq4_ks`` / ``iq3_xxs`` -> ``q8_k_r8``).
+    to the type's large-batch form (``iq4_ks`` / ``iq3_xxs`` / ``iq4_xs`` -> ``q8_k_r8``).
 
     Between twins the conversion is an exact byte permutation both ways; the values are
     unchanged. To ``q8_k_r8`` it is ik_llama.cpp's on-the-fly conversion for large batches

@@ -12,26 +12,19 @@
 #include "common.h"
 #include "formats/act.h"
 #include "formats/iq4_ks.h"
+#include "kernels/avx2/family_iq4.h"
 #include "kernels/avx2/simd.h"
 #include "types.h"
 
 namespace iqkq {
 namespace {
 using namespace avx2;
+using namespace avx2_iq4;
 using namespace iq4_ks;
-
-inline __m256i load32(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
-inline __m128i load16(const uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
 
 // The two 16-entry half-tables, each repeated in both 128-bit lanes (for pshufb).
 inline __m256i table_vec(int shifted) {
     return _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(kValues + 16 * shifted)));
-}
-
-// 16 bytes of packed nibbles -> 32 bytes in element order (low nibbles = elements 0..15,
-// high nibbles = elements 16..31), values 0..15.
-inline __m256i unpack_nibbles(__m128i q) {
-    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), _mm256_set1_epi8(0x0f));
 }
 
 // ================================================================================ quantization
@@ -50,56 +43,11 @@ inline __m256i unpack_nibbles(__m128i q) {
 // (checked exhaustively by tools/iq4_ks_best_index_check.cpp).
 alignas(32) float g_thresholds[2][16];
 
-// Monotone map float -> int64 and back (for bisection over consecutive floats).
-int64_t float_key(float f) {
-    const uint32_t u = fbits(f);
-    return (u & 0x80000000u) ? -(int64_t)(u & 0x7fffffffu) : (int64_t)u;
-}
-float key_float(int64_t k) { return k < 0 ? bitsf((uint32_t)(-k) | 0x80000000u) : bitsf((uint32_t)k); }
-
 void init_thresholds() {
-    for (int h = 0; h < 2; ++h) {
-        const int8_t* T = kValues + 16 * h;
-        for (int k = 0; k < 15; ++k) {
-            int64_t lo = float_key((float)T[k]), hi = float_key((float)T[k + 1]);  // best: k at lo, k+1 at hi
-            while (hi - lo > 1) {
-                const int64_t mid = lo + (hi - lo) / 2;
-                if (best_index(T, key_float(mid)) > k) hi = mid; else lo = mid;
-            }
-            g_thresholds[h][k] = key_float(hi);
-        }
-        g_thresholds[h][15] = 1e30f;  // unused
-    }
+    for (int h = 0; h < 2; ++h) grid_thresholds(kValues + 16 * h, g_thresholds[h]);
 }
 
-struct Search {
-    __m256 t7, t3, t11, v3, v4, teven, todd;  // thresholds; table entries 2p, 2p+1
-};
-
-inline Search make_search(int shifted) {
-    const float* t = g_thresholds[shifted];
-    Search s;
-    s.t7 = _mm256_set1_ps(t[7]);
-    s.t3 = _mm256_set1_ps(t[3]);
-    s.t11 = _mm256_set1_ps(t[11]);
-    s.v3 = _mm256_setr_ps(t[1], t[5], t[9], t[13], t[1], t[5], t[9], t[13]);
-    s.v4 = _mm256_setr_ps(t[0], t[2], t[4], t[6], t[8], t[10], t[12], t[14]);
-    const int8_t* T = kValues + 16 * shifted;
-    s.teven = _mm256_setr_ps(T[0], T[2], T[4], T[6], T[8], T[10], T[12], T[14]);
-    s.todd = _mm256_setr_ps(T[1], T[3], T[5], T[7], T[9], T[11], T[13], T[15]);
-    return s;
-}
-
-// T[best_index(T, x)] for 8 floats (|x| < 2^31): binary search for #{k : x >= t_k}.
-inline __m256 best_value(__m256 x, const Search& s) {
-    const __m256 m1 = _mm256_cmp_ps(x, s.t7, _CMP_GE_OQ);                              // bit 3
-    const __m256 m2 = _mm256_cmp_ps(x, _mm256_blendv_ps(s.t3, s.t11, m1), _CMP_GE_OQ);  // bit 2
-    __m256i i = _mm256_sub_epi32(_mm256_and_si256(_mm256_castps_si256(m1), _mm256_set1_epi32(2)), _mm256_castps_si256(m2));
-    const __m256 m3 = _mm256_cmp_ps(x, _mm256_permutevar8x32_ps(s.v3, i), _CMP_GE_OQ);  // bit 1
-    i = _mm256_sub_epi32(_mm256_add_epi32(i, i), _mm256_castps_si256(m3));                // = index >> 1
-    const __m256 m4 = _mm256_cmp_ps(x, _mm256_permutevar8x32_ps(s.v4, i), _CMP_GE_OQ);  // bit 0
-    return _mm256_blendv_ps(_mm256_permutevar8x32_ps(s.teven, i), _mm256_permutevar8x32_ps(s.todd, i), m4);
-}
+inline Search make_search(int shifted) { return make_grid_search(g_thresholds[shifted], kValues + 16 * shifted); }
 
 // 16 scale trials with the same table (lane = trial with scale id0[lane] resp. id1[lane]),
 // two vectors interleaved for more independent work; sums in element order.
@@ -384,15 +332,6 @@ void quantize_iq4_ks_r4(const float* src, uint8_t* dst, int64_t nrows, int64_t K
 
 // ================================================================================ dequantization
 
-inline void store_block(__m256i v8, float dl, float* y) {
-    const __m256 d = _mm256_set1_ps(dl);
-    const __m128i lo = _mm256_castsi256_si128(v8), hi = _mm256_extracti128_si256(v8, 1);
-    _mm256_storeu_ps(y + 0, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo))));
-    _mm256_storeu_ps(y + 8, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)))));
-    _mm256_storeu_ps(y + 16, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi))));
-    _mm256_storeu_ps(y + 24, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)))));
-}
-
 void dequantize_iq4_ks(const uint8_t* src, float* dst, int64_t nrows, int64_t K) {
     const int64_t rb = row_bytes(K);
     const __m256i tab[2] = {table_vec(0), table_vec(1)};
@@ -478,18 +417,8 @@ __attribute__((noinline)) void gemm_iq4_ks_cols(const GemmArgs& g, int64_t n0) {
 // them. Its int32 lane 4h + L then holds elements 4L..4L+3 (+16 for high nibbles) of block
 // 2p + h, and the two halves are added at the end of the super-block: the same exact
 // integers S_L as gemm_iq4_ks_cols, hence the same floats.
-// It is the prepare_act hook of this kernel set's iq4_ks: the driver runs it once per call.
-void pair_activations(const uint8_t* act, uint8_t* out, int64_t K) {
-    for (int64_t i = 0; i < K / kSuper; ++i) {
-        const uint8_t* q = act + i * kActBytes + act::kQ8KQs;
-        uint8_t* o = out + i * kSuper;
-        for (int p = 0; p < 4; ++p) {
-            const __m256i x = load32(q + 64 * p), y = load32(q + 64 * p + 32);
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 64 * p), _mm256_permute2x128_si256(x, y, 0x20));
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 64 * p + 32), _mm256_permute2x128_si256(x, y, 0x31));
-        }
-    }
-}
+// It is the prepare_act hook of this kernel set's iq4_ks: the driver runs it once per call
+// (family_iq4.h pair_activations_q8k.)
 
 template <int NC>
 __attribute__((noinline)) void gemm_iq4_ks_paired(const GemmArgs& g) {
@@ -547,16 +476,6 @@ __attribute__((noinline)) void gemm_iq4_ks_paired(const GemmArgs& g) {
         for (int n = 0; n < NC; ++n) g.C[n * g.ldc + r] = hsum8(acc[n]);
     }
 }
-
-// Columns handled together by one kernel pass (at most 4): blocks of 4, but 5, 6, 7 columns
-// as 3+2, 3+3, 4+3 rather than with a pass for a single column.
-inline int column_block(int64_t left) {
-    if (left >= 8 || left == 4 || left == 7) return 4;
-    if (left == 5 || left == 6) return 3;
-    return (int)left;
-}
-
-size_t paired_bytes(int64_t K) { return (size_t)K; }
 
 // Wide batches run on row tiles of ~32 KiB of weights (the driver's tile_bytes hint), so all
 // column blocks re-read a tile from L1/L2, not from L3/DRAM.
@@ -693,51 +612,18 @@ void convert_to_q8_k_r8(const uint8_t* src, uint8_t* dst, int64_t nrows, int64_t
             for (int r = 0; r < 8; ++r) {
                 const uint8_t* sb = src + (8 * g + r) * rb + kRowMeta + i * kSuperBytes;
                 __m256i v16[16];  // v = ls * T[n] as int16, elements 16k .. 16k+15
-                __m256i mx = _mm256_setzero_si256();
                 for (int b = 0; b < 8; ++b) {
                     const uint8_t s = sb[b];
                     const __m256i v = _mm256_shuffle_epi8(tab[s & 1], unpack_nibbles(load16(sb + 8 + 16 * b)));
                     const __m256i ls = _mm256_set1_epi16((int16_t)((s & 254) - 127));
                     v16[2 * b] = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(v)), ls);
                     v16[2 * b + 1] = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(v, 1)), ls);
-                    mx = _mm256_max_epi16(mx, _mm256_max_epi16(_mm256_abs_epi16(v16[2 * b]), _mm256_abs_epi16(v16[2 * b + 1])));
                 }
-                __m128i m = _mm_max_epi16(_mm256_castsi256_si128(mx), _mm256_extracti128_si256(mx, 1));
-                m = _mm_max_epi16(m, _mm_srli_si128(m, 8));
-                m = _mm_max_epi16(m, _mm_srli_si128(m, 4));
-                m = _mm_max_epi16(m, _mm_srli_si128(m, 2));
-                const int M = _mm_extract_epi16(m, 0);
-                float dn = (float)M * d0;
-                const bool rescale = !(dn < 1.0f);
-                if (!rescale) dn = 1.0f;
-                dnew[r] = dn;
-                const __m256 inv = _mm256_set1_ps(fabsf_(dn) > 1e-9f ? 1.0f / dn : 0.0f);
-                for (int b = 0; b < 8; ++b) {
-                    __m256i q;
-                    if (rescale) {
-                        __m256 f[4];
-                        for (int h = 0; h < 2; ++h) {
-                            const __m256i x = v16[2 * b + h];
-                            f[2 * h] = _mm256_mul_ps(inv, _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(x))));
-                            f[2 * h + 1] = _mm256_mul_ps(inv, _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(x, 1))));
-                        }
-                        q = pack_rne_i8(f[0], f[1], f[2], f[3]);
-                    } else {
-                        q = _mm256_permute4x64_epi64(_mm256_packs_epi16(v16[2 * b], v16[2 * b + 1]), 0xd8);
-                    }
-                    _mm256_store_si256(reinterpret_cast<__m256i*>(q8[r] + 32 * b), q);
-                }
+                dnew[r] = convert_row_q8(v16, d0, q8[r]);
             }
             _mm_storeu_si128(reinterpret_cast<__m128i*>(o),
                              _mm256_cvtps_ph(_mm256_mul_ps(_mm256_load_ps(drow), _mm256_load_ps(dnew)), _MM_FROUND_TO_NEAREST_INT));
-            // qs[32m + 4r + j] = q_r[4m + j]: an 8x8 dword transpose per 32 elements.
-            for (int b = 0; b < 8; ++b) {
-                __m256i v[8];
-                for (int r = 0; r < 8; ++r) v[r] = _mm256_load_si256(reinterpret_cast<const __m256i*>(q8[r] + 32 * b));
-                avx2::transpose8x8_epi32(v);
-                for (int l = 0; l < 8; ++l)
-                    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 16 + 32 * (8 * b + l)), v[l]);
-            }
+            store_q8_k_r8_quants(q8, o);
         }
     }
 }
@@ -750,7 +636,7 @@ void register_avx2_iq4_ks(KernelTables& t) {
     a.quantize = quantize_iq4_ks;
     a.dequantize = dequantize_iq4_ks;
     a.gemm = gemm_iq4_ks;
-    a.prepare_act = pair_activations;
+    a.prepare_act = pair_activations_q8k;
     a.prepared_bytes = paired_bytes;
     a.tile_bytes = kTileBytes;
     a.to_large_batch = convert_to_q8_k_r8;
