@@ -19,6 +19,13 @@ enum TypeIndex : int {
     T_IQ4_KS_R4,
     T_IQ3_XXS,
     T_IQ3_XXS_R4,
+    T_Q4_K,
+    T_Q5_K,
+    T_Q6_K,
+    T_Q4_K_R4,
+    T_Q5_K_R4,
+    T_Q6_K_R4,
+    T_Q8_1_R8,  // no ik_llama.cpp type: its large-batch form of q4_K / q5_K (docs/formats.md, "k-quants")
     T_COUNT
 };
 
@@ -143,6 +150,14 @@ inline constexpr TypeTraits kTypes[T_COUNT] = {
     {T_IQ4_KS_R4,  "iq4_ks_r4", 344, 256, 136,   4,  4, A_Q8_K32,  false, -1,           T_IQ4_KS,  -1,          0},
     {T_IQ3_XXS,    "iq3_xxs",    18, 256,  98,   0,  1, A_Q8_K,    false, T_IQ3_XXS_R4, -1,        T_Q8_K_R8,  32},
     {T_IQ3_XXS_R4, "iq3_xxs_r4", 218, 256, 98,   0,  4, A_Q8_K,    false, -1,           T_IQ3_XXS, -1,          0},
+    {T_Q4_K,       "q4_K",       12, 256, 144,   0,  1, A_Q8_2_X4, false, T_Q4_K_R4,    -1,        T_Q8_1_R8,  32},
+    {T_Q5_K,       "q5_K",       13, 256, 176,   0,  1, A_Q8_2_X4, false, T_Q5_K_R4,    -1,        T_Q8_1_R8,  32},
+    {T_Q6_K,       "q6_K",       14, 256, 210,   0,  1, A_Q8_2_X4, false, T_Q6_K_R4,    -1,        T_Q8_0_R8,  64},
+    {T_Q4_K_R4,    "q4_k_r4",   212, 256, 144,   0,  4, A_Q8_K32,  false, -1,           T_Q4_K,    -1,          0},
+    {T_Q5_K_R4,    "q5_k_r4",   213, 256, 176,   0,  4, A_Q8_K32,  false, -1,           T_Q5_K,    -1,          0},
+    {T_Q6_K_R4,    "q6_k_r4",   214, 256, 210,   0,  4, A_Q8_K,    false, -1,           T_Q6_K,    -1,          0},
+    // q8_1_r8: ik_llama.cpp reuses the id of q8_1 (9) for it internally; iqkq gives it a private id.
+    {T_Q8_1_R8,    "q8_1_r8",  1009, 256, 288,   0,  8, A_Q8_2_X4, false, -1,           -1,        -1,          0},
 };
 
 // Compile-time consistency of the tables: rows in enum order, twins pointing at each other
