@@ -403,12 +403,71 @@ void gemm_q6_k_r4(const GemmArgs& g) {
     for_column_chunks(g, fns, 4);
 }
 
+// q6_K -> q8_0_r8 (iqk_convert_q6_k_q8_0_r8), the same operations as the scalar reference.
+void convert_q6_K_q8_0_r8(const uint8_t* src, uint8_t* dst, int64_t nrows, int64_t K) {
+    const int64_t nb = K / kSuper;
+    const size_t rb = (size_t)nb * kQ6Bytes;
+    constexpr int kR8 = 8 * 34;  // q8_0_r8 block of 8 rows x 32 columns
+    const __m256i ml = _mm256_set1_epi8(0x0f), mh = _mm256_set1_epi8(0x30), m32 = _mm256_set1_epi8(-32);
+    for (int64_t g = 0; g < nrows / 8; ++g) {
+        uint8_t* y = dst + (size_t)g * (K / 32) * kR8;
+        for (int64_t i = 0; i < nb; ++i, y += 8 * kR8) {
+            alignas(32) float all_s[64];
+            for (int k = 0; k < 8; ++k) {
+                const uint8_t* blk = src + (size_t)(g * 8 + k) * rb + i * kQ6Bytes;
+                const float d = _cvtsh_ss(rd_u16(blk + kQ6D));
+                const int8_t* sc = reinterpret_cast<const int8_t*>(blk + kQ6Scales);
+                __m256i values[8];
+                for (int h = 0; h < 2; ++h) {
+                    const __m256i l1 = load32(blk + 64 * h), l2 = load32(blk + 64 * h + 32), hb = load32(blk + kQ6Qh + 32 * h);
+                    values[4 * h + 0] = _mm256_or_si256(_mm256_and_si256(l1, ml), _mm256_and_si256(_mm256_slli_epi16(hb, 4), mh));
+                    values[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(l2, ml), _mm256_and_si256(_mm256_slli_epi16(hb, 2), mh));
+                    values[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), ml), _mm256_and_si256(hb, mh));
+                    values[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l2, 4), ml),
+                                                        _mm256_and_si256(_mm256_srli_epi16(hb, 2), mh));
+                }
+                for (int b = 0; b < 8; ++b) {
+                    const __m256i q8 = _mm256_add_epi8(values[b], m32);
+                    const __m256i ql16 = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(q8)), _mm256_set1_epi16(sc[2 * b]));
+                    const __m256i qh16 = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(q8, 1)), _mm256_set1_epi16(sc[2 * b + 1]));
+                    const __m256i mx16 = _mm256_max_epi16(_mm256_sign_epi16(ql16, ql16), _mm256_sign_epi16(qh16, qh16));
+                    const __m128i m8 = _mm_max_epi16(_mm256_castsi256_si128(mx16), _mm256_extracti128_si256(mx16, 1));
+                    const __m256i m32v = _mm256_cvtepi16_epi32(m8);
+                    const __m128i m4 = _mm_max_epi32(_mm256_castsi256_si128(m32v), _mm256_extracti128_si256(m32v, 1));
+                    __m128 mf = _mm_cvtepi32_ps(m4);
+                    mf = _mm_max_ps(mf, _mm_movehl_ps(mf, mf));
+                    mf = _mm_max_ss(mf, _mm_movehdup_ps(mf));
+                    const float mx = _mm_cvtss_f32(mf) / 127.0f;
+                    all_s[8 * b + k] = d * mx;
+                    alignas(32) uint32_t block[8];
+                    if (mx > 1e-9f) {
+                        const __m256 s = _mm256_set1_ps(1.0f / mx);
+                        const __m256 f0 = _mm256_mul_ps(s, _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(ql16))));
+                        const __m256 f1 = _mm256_mul_ps(s, _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(ql16, 1))));
+                        const __m256 f2 = _mm256_mul_ps(s, _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(qh16))));
+                        const __m256 f3 = _mm256_mul_ps(s, _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(qh16, 1))));
+                        _mm256_store_si256(reinterpret_cast<__m256i*>(block), pack_rne_i8(f0, f1, f2, f3));
+                    } else {
+                        _mm256_store_si256(reinterpret_cast<__m256i*>(block), _mm256_setzero_si256());
+                    }
+                    uint8_t* o = y + b * kR8 + 16;
+                    for (int l = 0; l < 8; ++l) std::memcpy(o + 32 * l + 4 * k, &block[l], 4);
+                }
+            }
+            for (int b = 0; b < 8; ++b)
+                _mm_storeu_si128(reinterpret_cast<__m128i*>(y + b * kR8),
+                                 _mm256_cvtps_ph(_mm256_load_ps(all_s + 8 * b), _MM_FROUND_TO_NEAREST_INT));
+        }
+    }
+}
+
 }  // namespace
 
 void register_avx2_kquants(KernelTables& t) {
     t.types[T_Q4_K].gemm = gemm_q4_K;
     t.types[T_Q5_K].gemm = gemm_q5_K;
     t.types[T_Q6_K].gemm = gemm_q6_K;
+    t.types[T_Q6_K].to_large_batch = convert_q6_K_q8_0_r8;
     t.types[T_Q8_1_R8].gemm = gemm_q8_1_r8;
     t.types[T_Q4_K_R4].gemm = gemm_q4_k_r4;
     t.types[T_Q5_K_R4].gemm = gemm_q5_k_r4;
