@@ -177,3 +177,102 @@ def test_convert_rejects_bad_row_counts():
     q = iqkq.quantize(rng(1).standard_normal((12, 256)).astype(np.float32), "q4_K")
     with pytest.raises(ValueError):
         _core.convert_large_batch(q.type_info.index, q.data, 12, 256)
+
+
+# ----------------------------------------------------------------------------- ik's N = 1 order
+def _fma(a, b, c):
+    """float32 fma through float64 (exact product; fine for these magnitudes)."""
+    return np.float32(np.float64(a) * np.float64(b) + np.float64(c))
+
+
+def _ik_one_column(tw, qbase, x, K):
+    """A model of ik's nrc_y == 1 instance of mul_mat_q{4,5,6}_k_r4_q8_k, from the base rows."""
+    f32 = np.float32
+    acts = {a["name"]: a["index"] for a in _core.act_table()}
+    A = _core.quantize_activations(acts["q8_K" if tw == "q6_k_r4" else "q8_K32"], x.astype(f32), 1, K)
+    base = iqkq.type_info(iqkq.type_info(tw).base)
+    deq_rows = []
+    for r in range(qbase.shape[0]):
+        acc = [f32(0), f32(0)]
+        for i in range(K // 256):
+            a = A[296 * i:296 * (i + 1)]
+            dA, aq = a[0:4].view(f32)[0], a[8:264].view(np.int8).astype(np.int64)
+            blk = qbase[r, base.type_size * i:base.type_size * (i + 1)]
+            one = iqkq.QuantizedTensor(blk.copy(), base.name, (1, 256))
+            L = _unpacked_levels(one)
+            if tw == "q6_k_r4":
+                sc, d = blk[192:208].view(np.int8).astype(np.int64), blk[208:210].view(np.float16)[0].astype(f32)
+                bs = a[264:296].view(np.int16).astype(np.int64)
+                d4 = f32(d * dA)
+                mn = f32(d4 * f32(-32))
+                for h in range(2):
+                    acc[h] = _fma(mn, f32(int((sc[8 * h:8 * h + 8] * bs[8 * h:8 * h + 8]).sum())), acc[h])
+                for ib in range(8):
+                    for h in range(2):
+                        e = slice(32 * ib + 16 * h, 32 * ib + 16 * h + 16)
+                        acc[h] = _fma(f32(d4 * f32(sc[2 * ib + h])), f32(int((L[e] * aq[e]).sum())), acc[h])
+            else:
+                d, dm = blk[0:2].view(np.float16)[0].astype(f32), blk[2:4].view(np.float16)[0].astype(f32)
+                ls, lm = _scales_mins(blk[4:16])
+                bs = a[264:296].view(f32)
+                for h in range(2):
+                    s = f32(f32(lm[4 * h]) * bs[4 * h])
+                    for j in range(1, 4):
+                        s = _fma(f32(lm[4 * h + j]), bs[4 * h + j], s)
+                    acc[h] = _fma(f32(f32(-1) * dm), s, acc[h])
+                    isum = sum(int(ls[ib]) * int((L[32 * ib + 16 * h:32 * ib + 16 * h + 16] *
+                                                  aq[32 * ib + 16 * h:32 * ib + 16 * h + 16]).sum()) for ib in range(8))
+                    acc[h] = _fma(f32(d * dA), f32(isum), acc[h])
+        deq_rows.append(f32(acc[0] + acc[1]))
+    return np.array(deq_rows, f32)
+
+
+def _scales_mins(s):
+    ls, lm = [], []
+    for j in range(8):
+        if j < 4:
+            ls.append(s[j] & 63), lm.append(s[j + 4] & 63)
+        else:
+            ls.append((s[j + 4] & 15) | ((s[j - 4] >> 6) << 4)), lm.append((s[j + 4] >> 4) | ((s[j] >> 6) << 4))
+    return np.array(ls, np.int64), np.array(lm, np.int64)
+
+
+def _unpacked_levels(one):
+    """The unsigned levels of a one-super-block tensor (docs/formats/kquants.md, layouts)."""
+    name = one.qtype
+    blk = one.data
+    L = np.zeros(256, np.int64)
+    if name == "q6_K":
+        ql, qh = blk[:128].astype(np.int64), blk[128:192].astype(np.int64)
+        for h in range(2):
+            for l in range(32):
+                a, b, q = ql[64 * h + l], ql[64 * h + 32 + l], qh[32 * h + l]
+                L[128 * h + l] = (a & 15) | ((q & 3) << 4)
+                L[128 * h + 32 + l] = (b & 15) | (((q >> 2) & 3) << 4)
+                L[128 * h + 64 + l] = (a >> 4) | (((q >> 4) & 3) << 4)
+                L[128 * h + 96 + l] = (b >> 4) | (((q >> 6) & 3) << 4)
+        return L
+    five = name == "q5_K"
+    qs = blk[48:176] if five else blk[16:144]
+    qh = blk[16:48]
+    for b in range(4):
+        for l in range(32):
+            L[64 * b + l] = qs[32 * b + l] & 15
+            L[64 * b + 32 + l] = qs[32 * b + l] >> 4
+            if five:
+                L[64 * b + l] |= ((qh[l] >> (2 * b)) & 1) << 4
+                L[64 * b + 32 + l] |= ((qh[l] >> (2 * b + 1)) & 1) << 4
+    return L
+
+
+@pytest.mark.parametrize("path", [p for p in twin_cases() if "__normal__8x256" in p.id])
+def test_twin_n1_difference_is_iks_one_column_rounding(path):
+    """The N = 1 oracle outputs are reproduced bit for bit by a model of ik's nrc_y == 1
+    instance; iqkq's (multi-column order) result differs from them only in the last bits."""
+    z = load(path)
+    tw = str(z["type_name"])
+    rows, K = z["w"].shape
+    q = iqkq.QuantizedTensor(z["q"], tw, (rows, K))
+    qb = iqkq.repack(q, iqkq.type_info(tw).base).data.reshape(rows, -1)
+    model = _ik_one_column(tw, qb, z["x_N1"], K)
+    np.testing.assert_array_equal(model.view(np.uint32), z["y_N1"][0].view(np.uint32))
