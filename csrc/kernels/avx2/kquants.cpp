@@ -461,6 +461,67 @@ void convert_q6_K_q8_0_r8(const uint8_t* src, uint8_t* dst, int64_t nrows, int64
     }
 }
 
+// q4_K / q5_K -> q8_1_r8 (iqk_convert_q{4,5}_k_q8_1_r8), the same operations as the scalar one.
+template <bool five>
+void convert_qK_q8_1_r8(const uint8_t* src, uint8_t* dst, int64_t nrows, int64_t K) {
+    const int64_t nb = K / kSuper;
+    const int bytes = five ? kQ5Bytes : kQ4Bytes;
+    const int qs_off = five ? kQ5Qs : kQ4Qs;
+    const size_t rb = (size_t)nb * bytes;
+    const __m256i mf = _mm256_set1_epi8(0xf), mh = _mm256_set1_epi8(0x10);
+    for (int64_t g = 0; g < nrows / 8; ++g) {
+        uint8_t* y = dst + (size_t)g * 8 * nb * kQ81Bytes;
+        for (int64_t i = 0; i < nb; ++i, y += 8 * kQ81Bytes) {
+            alignas(32) uint16_t dh[16];
+            alignas(32) int32_t ls[8][8], lm[8][8];
+            for (int k = 0; k < 8; ++k) {
+                const uint8_t* blk = src + (size_t)(g * 8 + k) * rb + i * bytes;
+                dh[k] = rd_u16(blk);
+                dh[k + 8] = rd_u16(blk + 2);
+                uint32_t u[4];
+                std::memcpy(u, blk + kQ4Scales, 12);
+                u[3] = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4);
+                const uint32_t aux = u[1] & 0x3f3f3f3fu;
+                u[1] = (u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4);
+                u[2] = aux;
+                u[0] &= 0x3f3f3f3fu;
+                const uint8_t* u8 = reinterpret_cast<const uint8_t*>(u);
+                for (int b = 0; b < 8; ++b) {
+                    ls[b][k] = u8[b];
+                    lm[b][k] = u8[8 + b];
+                }
+                __m256i hbits = five ? load32(blk + kQ5Qh) : _mm256_setzero_si256();
+                for (int c = 0; c < 4; ++c) {
+                    const __m256i bits = load32(blk + qs_off + 32 * c);
+                    __m256i v1 = _mm256_and_si256(bits, mf), v2 = _mm256_and_si256(_mm256_srli_epi16(bits, 4), mf);
+                    if (five) {
+                        v1 = _mm256_or_si256(v1, _mm256_and_si256(mh, _mm256_slli_epi16(hbits, 4)));
+                        v2 = _mm256_or_si256(v2, _mm256_and_si256(mh, _mm256_slli_epi16(hbits, 3)));
+                        hbits = _mm256_srli_epi16(hbits, 2);
+                    }
+                    alignas(32) uint32_t b1[8], b2[8];
+                    _mm256_store_si256(reinterpret_cast<__m256i*>(b1), v1);
+                    _mm256_store_si256(reinterpret_cast<__m256i*>(b2), v2);
+                    uint8_t* o1 = y + (2 * c) * kQ81Bytes + kQ81Qs + 4 * k;
+                    uint8_t* o2 = y + (2 * c + 1) * kQ81Bytes + kQ81Qs + 4 * k;
+                    for (int l = 0; l < 8; ++l) {
+                        std::memcpy(o1 + 32 * l, &b1[l], 4);
+                        std::memcpy(o2 + 32 * l, &b2[l], 4);
+                    }
+                }
+            }
+            const __m256 vd = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(dh)));
+            const __m256 vm = _mm256_mul_ps(_mm256_set1_ps(-1.0f), _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(dh + 8))));
+            for (int b = 0; b < 8; ++b) {
+                const __m256 sd = _mm256_mul_ps(vd, _mm256_cvtepi32_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(ls[b]))));
+                const __m256 sm = _mm256_mul_ps(vm, _mm256_cvtepi32_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(lm[b]))));
+                _mm_storeu_si128(reinterpret_cast<__m128i*>(y + b * kQ81Bytes), _mm256_cvtps_ph(sd, _MM_FROUND_TO_NEAREST_INT));
+                _mm_storeu_si128(reinterpret_cast<__m128i*>(y + b * kQ81Bytes + 16), _mm256_cvtps_ph(sm, _MM_FROUND_TO_NEAREST_INT));
+            }
+        }
+    }
+}
+
 }  // namespace
 
 void register_avx2_kquants(KernelTables& t) {
@@ -469,6 +530,8 @@ void register_avx2_kquants(KernelTables& t) {
     t.types[T_Q6_K].gemm = gemm_q6_K;
     t.types[T_Q6_K].to_large_batch = convert_q6_K_q8_0_r8;
     t.types[T_Q8_1_R8].gemm = gemm_q8_1_r8;
+    t.types[T_Q4_K].to_large_batch = convert_qK_q8_1_r8<false>;
+    t.types[T_Q5_K].to_large_batch = convert_qK_q8_1_r8<true>;
     t.types[T_Q4_K_R4].gemm = gemm_q4_k_r4;
     t.types[T_Q5_K_R4].gemm = gemm_q5_k_r4;
     t.types[T_Q6_K_R4].gemm = gemm_q6_k_r4;
