@@ -522,6 +522,34 @@ void convert_qK_q8_1_r8(const uint8_t* src, uint8_t* dst, int64_t nrows, int64_t
     }
 }
 
+// q6_K dequantization: (d * scale) * (q - 32), as the scalar reference.
+void dequantize_q6_K(const uint8_t* src, float* dst, int64_t nrows, int64_t K) {
+    const __m256i ml = _mm256_set1_epi8(0x0f), mh = _mm256_set1_epi8(0x30), m32 = _mm256_set1_epi8(-32);
+    const int64_t nb = nrows * (K / kSuper);
+    for (int64_t i = 0; i < nb; ++i, src += kQ6Bytes, dst += kSuper) {
+        const float d = _cvtsh_ss(rd_u16(src + kQ6D));
+        const int8_t* sc = reinterpret_cast<const int8_t*>(src + kQ6Scales);
+        for (int h = 0; h < 2; ++h) {
+            const __m256i l1 = load32(src + 64 * h), l2 = load32(src + 64 * h + 32), hb = load32(src + kQ6Qh + 32 * h);
+            const __m256i v[4] = {
+                _mm256_or_si256(_mm256_and_si256(l1, ml), _mm256_and_si256(_mm256_slli_epi16(hb, 4), mh)),
+                _mm256_or_si256(_mm256_and_si256(l2, ml), _mm256_and_si256(_mm256_slli_epi16(hb, 2), mh)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), ml), _mm256_and_si256(hb, mh)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l2, 4), ml), _mm256_and_si256(_mm256_srli_epi16(hb, 2), mh))};
+            for (int c = 0; c < 4; ++c) {
+                const __m256i q = _mm256_add_epi8(v[c], m32);
+                const int e0 = 128 * h + 32 * c;  // elements e0 .. e0 + 31
+                const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+                const __m256 s0 = _mm256_set1_ps(d * (float)sc[e0 / 16]), s1 = _mm256_set1_ps(d * (float)sc[e0 / 16 + 1]);
+                _mm256_storeu_ps(dst + e0 + 0, _mm256_mul_ps(s0, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo))));
+                _mm256_storeu_ps(dst + e0 + 8, _mm256_mul_ps(s0, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)))));
+                _mm256_storeu_ps(dst + e0 + 16, _mm256_mul_ps(s1, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi))));
+                _mm256_storeu_ps(dst + e0 + 24, _mm256_mul_ps(s1, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)))));
+            }
+        }
+    }
+}
+
 }  // namespace
 
 void register_avx2_kquants(KernelTables& t) {
@@ -529,6 +557,7 @@ void register_avx2_kquants(KernelTables& t) {
     t.types[T_Q5_K].gemm = gemm_q5_K;
     t.types[T_Q6_K].gemm = gemm_q6_K;
     t.types[T_Q6_K].to_large_batch = convert_q6_K_q8_0_r8;
+    t.types[T_Q6_K].dequantize = dequantize_q6_K;
     t.types[T_Q8_1_R8].gemm = gemm_q8_1_r8;
     t.types[T_Q4_K].to_large_batch = convert_qK_q8_1_r8<false>;
     t.types[T_Q5_K].to_large_batch = convert_qK_q8_1_r8<true>;
