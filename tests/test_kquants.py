@@ -276,3 +276,18 @@ def test_twin_n1_difference_is_iks_one_column_rounding(path):
     qb = iqkq.repack(q, iqkq.type_info(tw).base).data.reshape(rows, -1)
     model = _ik_one_column(tw, qb, z["x_N1"], K)
     np.testing.assert_array_equal(model.view(np.uint32), z["y_N1"][0].view(np.uint32))
+
+
+def test_zero_imatrix_super_block():
+    """q4_K / q5_K with an imatrix that is zero over a whole 256-column super-block: ik_llama.cpp
+    aborts (0/0 scale); iqkq raises. q6_K and the twins handle it (zero weights / QHelper)."""
+    w = rng(12).standard_normal((4, 512)).astype(np.float32)
+    im = np.ones(512, np.float32)
+    im[256:] = 0
+    for name in ("q4_K", "q5_K"):
+        with pytest.raises(ValueError, match=r"columns \[256, 512\)"):
+            iqkq.quantize(w, name, imatrix=im)
+    for name in ("q6_K", "q4_k_r4", "q5_k_r4", "q6_k_r4"):
+        assert np.isfinite(iqkq.dequantize(iqkq.quantize(w, name, imatrix=im))).all()
+    im[256:300] = 1  # a partly zero super-block is fine
+    assert np.isfinite(iqkq.dequantize(iqkq.quantize(w, "q4_K", imatrix=im))).all()
