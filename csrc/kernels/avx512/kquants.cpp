@@ -4,6 +4,10 @@
 // the scalar reference, so bit-identical to them.
 #include "kernels/avx2/kquants_direct.h"
 
+// GCC 12's AVX-512 headers build results on _mm512_undefined_*() and then warn that those
+// may be used uninitialised; the warnings are about the headers, not this code.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 namespace iqkq {
 namespace {
 using kq_direct::gemm_q6_K_cols;
@@ -46,12 +50,100 @@ void gemm_q6_K(const GemmArgs& g) {
     for_column_chunks(g, fns, 8);
 }
 
+// q8_1_r8 x q8_2_x4 with VPDPBUSD. The AVX2 kernel's maddubs / int16 chain is exact for quants
+// below 64 (all that the q4_K / q5_K conversions produce); a block holding a larger byte (raw
+// data only) takes the AVX2 chain, so the results are those of the AVX2 set for any bytes.
+inline __m256i ld32(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+
+inline __m256i dot16_vnni(const __m256i* qx, const int8_t* y16) {
+    __m256i s = _mm256_setzero_si256();
+    for (int j = 0; j < 4; ++j) {
+        int32_t v;
+        std::memcpy(&v, y16 + 4 * j, 4);
+        s = _mm256_dpbusd_epi32(s, qx[j], _mm256_set1_epi32(v));
+    }
+    return s;
+}
+inline __m256i dot16_exact(const __m256i* qx, const int8_t* y16) {
+    const __m256i y = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(y16)));
+    const __m256i s1 = _mm256_add_epi16(_mm256_maddubs_epi16(qx[0], _mm256_shuffle_epi32(y, 0x00)),
+                                        _mm256_maddubs_epi16(qx[1], _mm256_shuffle_epi32(y, 0x55)));
+    const __m256i s2 = _mm256_add_epi16(_mm256_maddubs_epi16(qx[2], _mm256_shuffle_epi32(y, 0xaa)),
+                                        _mm256_maddubs_epi16(qx[3], _mm256_shuffle_epi32(y, 0xff)));
+    const __m256i one = _mm256_set1_epi16(1);
+    return _mm256_add_epi32(_mm256_madd_epi16(one, s1), _mm256_madd_epi16(one, s2));
+}
+
+template <int NC>
+void q8_1_r8_cols(const GemmArgs& g, int64_t n0) {
+    using namespace kq;
+    const int64_t nb = g.K / kQ81Block;
+    const uint8_t* acts[NC];
+    for (int n = 0; n < NC; ++n) acts[n] = g.A + (n0 + n) * g.a_row_bytes;
+    const __m256i hi2 = _mm256_set1_epi8((char)0xC0);
+    for (int64_t grp = 0; grp < g.nrows / 8; ++grp) {
+        const uint8_t* w = g.W + grp * g.w_group_bytes;
+        __m256 acc[NC];
+        for (int n = 0; n < NC; ++n) acc[n] = _mm256_setzero_ps();
+        for (int64_t i4 = 0; i4 < nb / 4; ++i4) {
+            const uint8_t* blk = w + 4 * i4 * kQ81Bytes;
+            _mm_prefetch((const char*)(blk + 4 * kQ81Bytes), _MM_HINT_T0);
+            _mm_prefetch((const char*)(blk + 4 * kQ81Bytes + 64), _MM_HINT_T0);
+            __m256 mx[4];
+            for (int ib = 0; ib < 4; ++ib)
+                mx[ib] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + ib * kQ81Bytes + 16)));
+            float d8[NC][4];
+            for (int n = 0; n < NC; ++n) {
+                const uint8_t* ag = acts[n] + act::kQ82GroupBytes * i4;
+                const __m128 sc = _mm_castsi128_ps(
+                    _mm_slli_epi32(_mm_cvtepu16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(ag + act::kQ82GroupD))), 16));
+                _mm_storeu_ps(d8[n], sc);
+                __m128 bs4 = _mm_cvtepi32_ps(_mm_cvtepi16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(ag + act::kQ82GroupS))));
+                bs4 = _mm_mul_ps(bs4, sc);
+                const __m256 bs = _mm256_set_m128(bs4, bs4);
+                acc[n] = _mm256_fmadd_ps(mx[0], _mm256_shuffle_ps(bs, bs, 0x00), acc[n]);
+                acc[n] = _mm256_fmadd_ps(mx[1], _mm256_shuffle_ps(bs, bs, 0x55), acc[n]);
+                acc[n] = _mm256_fmadd_ps(mx[2], _mm256_shuffle_ps(bs, bs, 0xaa), acc[n]);
+                acc[n] = _mm256_fmadd_ps(mx[3], _mm256_shuffle_ps(bs, bs, 0xff), acc[n]);
+            }
+            for (int ib = 0; ib < 4; ++ib) {
+                const uint8_t* b = blk + ib * kQ81Bytes;
+                const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b)));
+                __m256i qa[4], qb[4];
+                for (int j = 0; j < 4; ++j) {
+                    qa[j] = ld32(b + kQ81Qs + 32 * j);
+                    qb[j] = ld32(b + kQ81Qs + 128 + 32 * j);
+                }
+                const __m256i any = _mm256_or_si256(_mm256_or_si256(_mm256_or_si256(qa[0], qa[1]), _mm256_or_si256(qa[2], qa[3])),
+                                                    _mm256_or_si256(_mm256_or_si256(qb[0], qb[1]), _mm256_or_si256(qb[2], qb[3])));
+                const bool small = _mm256_testz_si256(any, hi2);
+                for (int n = 0; n < NC; ++n) {
+                    const int8_t* y = reinterpret_cast<const int8_t*>(acts[n] + act::kQ82GroupBytes * i4 + act::kQ82GroupQs + 32 * ib);
+                    const __m256 c = _mm256_mul_ps(dw, _mm256_set1_ps(d8[n][ib]));
+                    const __m256i lo = small ? dot16_vnni(qa, y) : dot16_exact(qa, y);
+                    const __m256i hi = small ? dot16_vnni(qb, y + 16) : dot16_exact(qb, y + 16);
+                    acc[n] = _mm256_fmadd_ps(c, _mm256_cvtepi32_ps(lo), acc[n]);
+                    acc[n] = _mm256_fmadd_ps(c, _mm256_cvtepi32_ps(hi), acc[n]);
+                }
+            }
+        }
+        for (int n = 0; n < NC; ++n) _mm256_storeu_ps(g.C + (n0 + n) * g.ldc + grp * 8, acc[n]);
+    }
+}
+
+void gemm_q8_1_r8(const GemmArgs& g) {
+    static const ColsFn fns[] = {nullptr, q8_1_r8_cols<1>, q8_1_r8_cols<2>, q8_1_r8_cols<3>, q8_1_r8_cols<4>,
+                                 q8_1_r8_cols<5>, q8_1_r8_cols<6>, q8_1_r8_cols<7>, q8_1_r8_cols<8>};
+    for_column_chunks(g, fns, 8);
+}
+
 }  // namespace
 
 void register_avx512_kquants(KernelTables& t) {
     t.types[T_Q4_K].gemm = gemm_q4_K;
     t.types[T_Q5_K].gemm = gemm_q5_K;
     t.types[T_Q6_K].gemm = gemm_q6_K;
+    t.types[T_Q8_1_R8].gemm = gemm_q8_1_r8;
 }
 
 }  // namespace iqkq
