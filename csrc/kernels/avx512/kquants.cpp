@@ -75,13 +75,13 @@ inline __m256i dot16_exact(const __m256i* qx, const int8_t* y16) {
 }
 
 template <int NC>
-void q8_1_r8_cols(const GemmArgs& g, int64_t n0) {
+void q8_1_r8_cols(const GemmArgs& g, int64_t n0, int64_t grp) {
     using namespace kq;
     const int64_t nb = g.K / kQ81Block;
     const uint8_t* acts[NC];
     for (int n = 0; n < NC; ++n) acts[n] = g.A + (n0 + n) * g.a_row_bytes;
     const __m256i hi2 = _mm256_set1_epi8((char)0xC0);
-    for (int64_t grp = 0; grp < g.nrows / 8; ++grp) {
+    {
         const uint8_t* w = g.W + grp * g.w_group_bytes;
         __m256 acc[NC];
         for (int n = 0; n < NC; ++n) acc[n] = _mm256_setzero_ps();
@@ -131,9 +131,106 @@ void q8_1_r8_cols(const GemmArgs& g, int64_t n0) {
     }
 }
 
+
+// Two 8-row groups per 512-bit register (rows 0-7 of group grp in the low half, of grp + 1 in
+// the high half); per lane the same operations as the 256-bit version.
+template <int NC>
+void q8_1_r8_pair(const GemmArgs& g, int64_t n0, int64_t grp) {
+    using namespace kq;
+    const int64_t nb = g.K / kQ81Block;
+    const uint8_t* acts[NC];
+    for (int n = 0; n < NC; ++n) acts[n] = g.A + (n0 + n) * g.a_row_bytes;
+    const __m512i hi2 = _mm512_set1_epi8((char)0xC0);
+    const uint8_t* wa = g.W + grp * g.w_group_bytes;
+    const uint8_t* wb = wa + g.w_group_bytes;
+    auto ld64 = [](const uint8_t* a, const uint8_t* b) {
+        return _mm512_inserti64x4(_mm512_castsi256_si512(ld32(a)), ld32(b), 1);
+    };
+    auto ph16 = [](const uint8_t* a, const uint8_t* b) {
+        return _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a))),
+                                                      _mm_loadu_si128(reinterpret_cast<const __m128i*>(b)), 1));
+    };
+    __m512 acc[NC];
+    for (int n = 0; n < NC; ++n) acc[n] = _mm512_setzero_ps();
+    for (int64_t i4 = 0; i4 < nb / 4; ++i4) {
+        const uint8_t* ba = wa + 4 * i4 * kQ81Bytes;
+        const uint8_t* bb = wb + 4 * i4 * kQ81Bytes;
+        _mm_prefetch((const char*)(ba + 4 * kQ81Bytes), _MM_HINT_T0);
+        _mm_prefetch((const char*)(bb + 4 * kQ81Bytes), _MM_HINT_T0);
+        __m512 mx[4];
+        for (int ib = 0; ib < 4; ++ib) mx[ib] = ph16(ba + ib * kQ81Bytes + 16, bb + ib * kQ81Bytes + 16);
+        float d8[NC][4];
+        for (int n = 0; n < NC; ++n) {
+            const uint8_t* ag = acts[n] + act::kQ82GroupBytes * i4;
+            const __m128 sc = _mm_castsi128_ps(
+                _mm_slli_epi32(_mm_cvtepu16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(ag + act::kQ82GroupD))), 16));
+            _mm_storeu_ps(d8[n], sc);
+            alignas(16) float bs4[4];
+            _mm_store_ps(bs4, _mm_mul_ps(_mm_cvtepi32_ps(_mm_cvtepi16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(ag + act::kQ82GroupS)))), sc));
+            for (int ib = 0; ib < 4; ++ib) acc[n] = _mm512_fmadd_ps(mx[ib], _mm512_set1_ps(bs4[ib]), acc[n]);
+        }
+        for (int ib = 0; ib < 4; ++ib) {
+            const uint8_t* xa = ba + ib * kQ81Bytes;
+            const uint8_t* xb = bb + ib * kQ81Bytes;
+            const __m512 dw = ph16(xa, xb);
+            __m512i q[8];
+            for (int l = 0; l < 8; ++l) q[l] = ld64(xa + kQ81Qs + 32 * l, xb + kQ81Qs + 32 * l);
+            __m512i any = q[0];
+            for (int l = 1; l < 8; ++l) any = _mm512_or_si512(any, q[l]);
+            const bool small = _mm512_test_epi8_mask(any, hi2) == 0;
+            for (int n = 0; n < NC; ++n) {
+                const int8_t* y = reinterpret_cast<const int8_t*>(acts[n] + act::kQ82GroupBytes * i4 + act::kQ82GroupQs + 32 * ib);
+                const __m512 c = _mm512_mul_ps(dw, _mm512_set1_ps(d8[n][ib]));
+                __m512i lo, hi;
+                if (small) {
+                    int32_t a[8];
+                    std::memcpy(a, y, 32);
+                    __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[0], _mm512_set1_epi32(a[0]));
+                    __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[1], _mm512_set1_epi32(a[1]));
+                    __m512i t0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[4], _mm512_set1_epi32(a[4]));
+                    __m512i t1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[5], _mm512_set1_epi32(a[5]));
+                    s0 = _mm512_dpbusd_epi32(s0, q[2], _mm512_set1_epi32(a[2]));
+                    s1 = _mm512_dpbusd_epi32(s1, q[3], _mm512_set1_epi32(a[3]));
+                    t0 = _mm512_dpbusd_epi32(t0, q[6], _mm512_set1_epi32(a[6]));
+                    t1 = _mm512_dpbusd_epi32(t1, q[7], _mm512_set1_epi32(a[7]));
+                    lo = _mm512_add_epi32(s0, s1);
+                    hi = _mm512_add_epi32(t0, t1);
+                } else {
+                    __m256i qa[4], qb[4];
+                    for (int j = 0; j < 4; ++j) {
+                        qa[j] = _mm512_castsi512_si256(q[j]);
+                        qb[j] = _mm512_extracti64x4_epi64(q[j], 1);
+                    }
+                    lo = _mm512_inserti64x4(_mm512_castsi256_si512(dot16_exact(qa, y)), dot16_exact(qb, y), 1);
+                    for (int j = 0; j < 4; ++j) {
+                        qa[j] = _mm512_castsi512_si256(q[4 + j]);
+                        qb[j] = _mm512_extracti64x4_epi64(q[4 + j], 1);
+                    }
+                    hi = _mm512_inserti64x4(_mm512_castsi256_si512(dot16_exact(qa, y + 16)), dot16_exact(qb, y + 16), 1);
+                }
+                acc[n] = _mm512_fmadd_ps(c, _mm512_cvtepi32_ps(lo), acc[n]);
+                acc[n] = _mm512_fmadd_ps(c, _mm512_cvtepi32_ps(hi), acc[n]);
+            }
+        }
+    }
+    for (int n = 0; n < NC; ++n) {
+        float* out = g.C + (n0 + n) * g.ldc + grp * 8;
+        _mm256_storeu_ps(out, _mm512_castps512_ps256(acc[n]));
+        _mm256_storeu_ps(out + 8, _mm512_extractf32x8_ps(acc[n], 1));
+    }
+}
+
+template <int NC>
+void q8_1_r8_any(const GemmArgs& g, int64_t n0) {
+    const int64_t ngroups = g.nrows / 8;
+    int64_t grp = 0;
+    for (; grp + 2 <= ngroups; grp += 2) q8_1_r8_pair<NC>(g, n0, grp);
+    if (grp < ngroups) q8_1_r8_cols<NC>(g, n0, grp);
+}
+
 void gemm_q8_1_r8(const GemmArgs& g) {
-    static const ColsFn fns[] = {nullptr, q8_1_r8_cols<1>, q8_1_r8_cols<2>, q8_1_r8_cols<3>, q8_1_r8_cols<4>,
-                                 q8_1_r8_cols<5>, q8_1_r8_cols<6>, q8_1_r8_cols<7>, q8_1_r8_cols<8>};
+    static const ColsFn fns[] = {nullptr, q8_1_r8_any<1>, q8_1_r8_any<2>, q8_1_r8_any<3>, q8_1_r8_any<4>,
+                                 nullptr, nullptr, nullptr, q8_1_r8_any<8>};
     for_column_chunks(g, fns, 8);
 }
 
