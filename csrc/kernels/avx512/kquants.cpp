@@ -234,6 +234,125 @@ void gemm_q8_1_r8(const GemmArgs& g) {
     for_column_chunks(g, fns, 8);
 }
 
+// ------------------------------------------------------------------------ the _r4 twins
+// Two 4-row groups per 512-bit register: lanes 0-7 are the AVX2 kernel's eight lanes of group
+// grp, lanes 8-15 those of grp + 1. The byte dot products use VPDPBUSD (the scale multiplies
+// the exact 16-column sum, as in ik's VNNI256 branch), the float operations per lane are the
+// AVX2 ones: bit-identical. A lone last group runs the AVX2 kernel.
+inline __m512i join(__m256i a, __m256i b) { return _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1); }
+inline __m512 joinf(__m256 a, __m256 b) { return _mm512_insertf32x8(_mm512_castps256_ps512(a), b, 1); }
+
+template <int kind, int NC>  // 0: q4_k_r4, 1: q5_k_r4
+void q45_r4_pair(const GemmArgs& g, int64_t n0, int64_t grp) {
+    using namespace kq;
+    const int64_t nb = g.K / kSuper;
+    const int bytes = kind == 0 ? kQ4R4Bytes : kQ5R4Bytes;
+    const int qs_off = kind == 0 ? kQ4R4Qs : kQ5R4Qs;
+    const __m256i mf = _mm256_set1_epi8(0xf), m3 = _mm256_set1_epi8(0x30);
+    const __m512i mf5 = _mm512_set1_epi8(0xf), m10 = _mm512_set1_epi8(0x10);
+    const uint8_t* acts[NC];
+    for (int n = 0; n < NC; ++n) acts[n] = g.A + (n0 + n) * g.a_row_bytes;
+    const uint8_t* w[2] = {g.W + grp * g.w_group_bytes, g.W + (grp + 1) * g.w_group_bytes};
+    __m512 acc[NC];
+    for (int n = 0; n < NC; ++n) acc[n] = _mm512_setzero_ps();
+    for (int64_t ibl = 0; ibl < nb; ++ibl) {
+        const uint8_t* x[2] = {w[0] + ibl * bytes, w[1] + ibl * bytes};
+        __m256 d4h[2], c[4][2];
+        alignas(32) uint32_t hd[2][8];
+        for (int p = 0; p < 2; ++p) {
+            _mm_prefetch((const char*)(x[p] + bytes), _MM_HINT_T0);
+            _mm_prefetch((const char*)(x[p] + bytes + 64), _MM_HINT_T0);
+            const __m256 dl = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x[p])));
+            d4h[p] = _mm256_permute2f128_ps(dl, dl, 0x00);
+            const __m256 m4 = _mm256_mul_ps(_mm256_set1_ps(-1.0f), _mm256_permute2f128_ps(dl, dl, 0x11));
+            const __m256i lbits = ld32(x[p] + kQ4R4ScL);
+            const __m128i h128 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x[p] + kQ4R4ScH));
+            const __m256i hbits = _mm256_set_m128i(h128, _mm_slli_epi16(h128, 4));
+            _mm256_store_si256(reinterpret_cast<__m256i*>(hd[p]), _mm256_or_si256(_mm256_and_si256(lbits, mf), _mm256_and_si256(hbits, m3)));
+            const __m256i mins = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(lbits, 4), mf),
+                                                 _mm256_and_si256(_mm256_srli_epi16(hbits, 2), m3));
+            const __m128i ml = _mm256_castsi256_si128(mins), mh = _mm256_extracti128_si256(mins, 1);
+            const __m128i aux1 = _mm_unpacklo_epi32(ml, mh), aux2 = _mm_unpackhi_epi32(ml, mh);
+            c[0][p] = _mm256_mul_ps(m4, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(aux1)));
+            c[1][p] = _mm256_mul_ps(m4, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_shuffle_epi32(aux1, 0xee))));
+            c[2][p] = _mm256_mul_ps(m4, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(aux2)));
+            c[3][p] = _mm256_mul_ps(m4, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_shuffle_epi32(aux2, 0xee))));
+        }
+        const __m512 d4 = joinf(d4h[0], d4h[1]);
+        __m512 cc[4];
+        for (int j = 0; j < 4; ++j) cc[j] = joinf(c[j][0], c[j][1]);
+        __m512i isum[NC];
+        for (int n = 0; n < NC; ++n) {
+            const __m256 bs = _mm256_loadu_ps(reinterpret_cast<const float*>(acts[n] + ibl * act::kQ8KBytes + act::kQ8KBsums));
+            acc[n] = _mm512_fmadd_ps(cc[0], joinf(_mm256_shuffle_ps(bs, bs, 0x00), _mm256_shuffle_ps(bs, bs, 0x00)), acc[n]);
+            acc[n] = _mm512_fmadd_ps(cc[1], joinf(_mm256_shuffle_ps(bs, bs, 0x55), _mm256_shuffle_ps(bs, bs, 0x55)), acc[n]);
+            acc[n] = _mm512_fmadd_ps(cc[2], joinf(_mm256_shuffle_ps(bs, bs, 0xaa), _mm256_shuffle_ps(bs, bs, 0xaa)), acc[n]);
+            acc[n] = _mm512_fmadd_ps(cc[3], joinf(_mm256_shuffle_ps(bs, bs, 0xff), _mm256_shuffle_ps(bs, bs, 0xff)), acc[n]);
+            isum[n] = _mm512_setzero_si512();
+        }
+        for (int ib = 0; ib < 8; ++ib) {
+            const __m512i sc = join(_mm256_cvtepu8_epi32(_mm_set1_epi32((int)hd[0][ib])), _mm256_cvtepu8_epi32(_mm_set1_epi32((int)hd[1][ib])));
+            const __m512i b1 = join(ld32(x[0] + qs_off + 64 * ib), ld32(x[1] + qs_off + 64 * ib));
+            const __m512i b2 = join(ld32(x[0] + qs_off + 64 * ib + 32), ld32(x[1] + qs_off + 64 * ib + 32));
+            __m512i qx[4] = {_mm512_and_si512(b1, mf5), _mm512_and_si512(b2, mf5), _mm512_and_si512(_mm512_srli_epi16(b1, 4), mf5),
+                             _mm512_and_si512(_mm512_srli_epi16(b2, 4), mf5)};
+            if (kind == 1) {
+                __m256i hb[2];
+                for (int p = 0; p < 2; ++p) {
+                    const __m128i q128 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x[p] + kQ5R4Qh + 16 * ib));
+                    hb[p] = _mm256_set_m128i(q128, _mm_slli_epi16(q128, 4));
+                }
+                const __m512i h = join(hb[0], hb[1]);
+                qx[0] = _mm512_or_si512(qx[0], _mm512_and_si512(m10, h));
+                qx[1] = _mm512_or_si512(qx[1], _mm512_and_si512(m10, _mm512_srli_epi16(h, 2)));
+                qx[2] = _mm512_or_si512(qx[2], _mm512_and_si512(m10, _mm512_srli_epi16(h, 1)));
+                qx[3] = _mm512_or_si512(qx[3], _mm512_and_si512(m10, _mm512_srli_epi16(h, 3)));
+            }
+            for (int n = 0; n < NC; ++n) {
+                const __m512i y = _mm512_broadcast_i64x4(ld32(acts[n] + ibl * act::kQ8KBytes + act::kQ8KQs + 32 * ib));
+                __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qx[0], _mm512_shuffle_epi32(y, _MM_PERM_AAAA));
+                s = _mm512_dpbusd_epi32(s, qx[1], _mm512_shuffle_epi32(y, _MM_PERM_BBBB));
+                s = _mm512_dpbusd_epi32(s, qx[2], _mm512_shuffle_epi32(y, _MM_PERM_CCCC));
+                s = _mm512_dpbusd_epi32(s, qx[3], _mm512_shuffle_epi32(y, _MM_PERM_DDDD));
+                isum[n] = _mm512_add_epi32(isum[n], _mm512_mullo_epi32(sc, s));
+            }
+        }
+        for (int n = 0; n < NC; ++n) {
+            const float dA = rd_f32(acts[n] + ibl * act::kQ8KBytes + act::kQ8KD);
+            acc[n] = _mm512_fmadd_ps(_mm512_mul_ps(d4, _mm512_set1_ps(dA)), _mm512_cvtepi32_ps(isum[n]), acc[n]);
+        }
+    }
+    for (int n = 0; n < NC; ++n) {
+        float* out = g.C + (n0 + n) * g.ldc + grp * 4;
+        const __m256 lo = _mm512_castps512_ps256(acc[n]), hi = _mm512_extractf32x8_ps(acc[n], 1);
+        _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(lo), _mm256_extractf128_ps(lo, 1)));
+        _mm_storeu_ps(out + 4, _mm_add_ps(_mm256_castps256_ps128(hi), _mm256_extractf128_ps(hi, 1)));
+    }
+}
+
+template <int kind, int NC>
+void q45_r4_any(const GemmArgs& g, int64_t n0) {
+    const int64_t ngroups = g.nrows / 4;
+    int64_t grp = 0;
+    for (; grp + 2 <= ngroups; grp += 2) q45_r4_pair<kind, NC>(g, n0, grp);
+    if (grp < ngroups) {
+        GemmArgs last = g;
+        last.W = g.W + grp * g.w_group_bytes;
+        last.nrows = 4;
+        last.C = g.C + grp * 4;
+        kq_direct::gemm_q45_r4_cols<kind, NC>(last, n0);
+    }
+}
+
+void gemm_q4_k_r4(const GemmArgs& g) {
+    static const ColsFn fns[] = {nullptr, q45_r4_any<0, 1>, q45_r4_any<0, 2>, q45_r4_any<0, 3>, q45_r4_any<0, 4>};
+    for_column_chunks(g, fns, 4);
+}
+void gemm_q5_k_r4(const GemmArgs& g) {
+    static const ColsFn fns[] = {nullptr, q45_r4_any<1, 1>, q45_r4_any<1, 2>, q45_r4_any<1, 3>, q45_r4_any<1, 4>};
+    for_column_chunks(g, fns, 4);
+}
+
 }  // namespace
 
 void register_avx512_kquants(KernelTables& t) {
@@ -241,6 +360,8 @@ void register_avx512_kquants(KernelTables& t) {
     t.types[T_Q5_K].gemm = gemm_q5_K;
     t.types[T_Q6_K].gemm = gemm_q6_K;
     t.types[T_Q8_1_R8].gemm = gemm_q8_1_r8;
+    t.types[T_Q4_K_R4].gemm = gemm_q4_k_r4;
+    t.types[T_Q5_K_R4].gemm = gemm_q5_k_r4;
 }
 
 }  // namespace iqkq
