@@ -353,6 +353,100 @@ void gemm_q5_k_r4(const GemmArgs& g) {
     for_column_chunks(g, fns, 4);
 }
 
+template <int NC>
+void q6_r4_pair(const GemmArgs& g, int64_t n0, int64_t grp) {
+    using namespace kq;
+    const int64_t nb = g.K / kSuper;
+    const __m512i m4b = _mm512_set1_epi8(0xf), m3 = _mm512_set1_epi8(0x30);
+    const __m256i shuff = _mm256_setr_epi8(0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15, 0, 1, 8, 9, 2, 3, 10, 11, 4, 5,
+                                           12, 13, 6, 7, 14, 15);
+    const uint8_t* acts[NC];
+    for (int n = 0; n < NC; ++n) acts[n] = g.A + (n0 + n) * g.a_row_bytes;
+    const uint8_t* w[2] = {g.W + grp * g.w_group_bytes, g.W + (grp + 1) * g.w_group_bytes};
+    __m512 acc[NC];
+    for (int n = 0; n < NC; ++n) acc[n] = _mm512_setzero_ps();
+    for (int64_t ibl = 0; ibl < nb; ++ibl) {
+        const uint8_t* x[2] = {w[0] + ibl * kQ6R4Bytes, w[1] + ibl * kQ6R4Bytes};
+        __m256 d4h[2];
+        __m256i sv[4][2];
+        for (int p = 0; p < 2; ++p) {
+            _mm_prefetch((const char*)(x[p] + kQ6R4Bytes), _MM_HINT_T0);
+            _mm_prefetch((const char*)(x[p] + kQ6R4Bytes + 64), _MM_HINT_T0);
+            const __m128 dl = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(x[p])));
+            d4h[p] = _mm256_set_m128(dl, dl);
+            const uint8_t* sc = x[p] + kQ6R4Scales;
+            __m256i t[4];
+            for (int k = 0; k < 4; ++k)
+                t[k] = _mm256_shuffle_epi8(_mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + 16 * k))), shuff);
+            sv[0][p] = _mm256_permute2x128_si256(t[0], t[2], 0x20);
+            sv[1][p] = _mm256_permute2x128_si256(t[0], t[2], 0x31);
+            sv[2][p] = _mm256_permute2x128_si256(t[1], t[3], 0x20);
+            sv[3][p] = _mm256_permute2x128_si256(t[1], t[3], 0x31);
+        }
+        const __m512 d4 = joinf(d4h[0], d4h[1]);
+        const __m512 mn = _mm512_mul_ps(d4, _mm512_set1_ps(-32.0f));
+        __m512i s[4];
+        for (int j = 0; j < 4; ++j) s[j] = join(sv[j][0], sv[j][1]);
+        for (int n = 0; n < NC; ++n) {
+            const __m512i bsums = _mm512_broadcast_i64x4(ld32(acts[n] + ibl * act::kQ8KBytes + act::kQ8KBsums));
+            __m512i sumi = _mm512_setzero_si512();
+            sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(s[0], _mm512_shuffle_epi32(bsums, _MM_PERM_AAAA)));
+            sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(s[1], _mm512_shuffle_epi32(bsums, _MM_PERM_BBBB)));
+            sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(s[2], _mm512_shuffle_epi32(bsums, _MM_PERM_CCCC)));
+            sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(s[3], _mm512_shuffle_epi32(bsums, _MM_PERM_DDDD)));
+            const float dA = rd_f32(acts[n] + ibl * act::kQ8KBytes + act::kQ8KD);
+            acc[n] = _mm512_fmadd_ps(_mm512_mul_ps(mn, _mm512_set1_ps(dA)), _mm512_cvtepi32_ps(sumi), acc[n]);
+        }
+        for (int ib = 0; ib < 8; ++ib) {
+            const __m512i isc = join(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(x[0] + kQ6R4Scales + 8 * ib))),
+                                     _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(x[1] + kQ6R4Scales + 8 * ib))));
+            const __m512 scales = _mm512_mul_ps(d4, _mm512_cvtepi32_ps(isc));
+            const __m512i l1 = join(ld32(x[0] + kQ6R4Ql + 64 * ib), ld32(x[1] + kQ6R4Ql + 64 * ib));
+            const __m512i l2 = join(ld32(x[0] + kQ6R4Ql + 64 * ib + 32), ld32(x[1] + kQ6R4Ql + 64 * ib + 32));
+            const __m512i hb = join(ld32(x[0] + kQ6R4Qh + 32 * ib), ld32(x[1] + kQ6R4Qh + 32 * ib));
+            const __m512i qx[4] = {
+                _mm512_or_si512(_mm512_and_si512(l1, m4b), _mm512_and_si512(m3, _mm512_slli_epi16(hb, 4))),
+                _mm512_or_si512(_mm512_and_si512(l2, m4b), _mm512_and_si512(m3, hb)),
+                _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l1, 4), m4b), _mm512_and_si512(m3, _mm512_slli_epi16(hb, 2))),
+                _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l2, 4), m4b), _mm512_and_si512(m3, _mm512_srli_epi16(hb, 2)))};
+            for (int n = 0; n < NC; ++n) {
+                const __m512i y = _mm512_broadcast_i64x4(ld32(acts[n] + ibl * act::kQ8KBytes + act::kQ8KQs + 32 * ib));
+                __m512i sm = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qx[0], _mm512_shuffle_epi32(y, _MM_PERM_AAAA));
+                sm = _mm512_dpbusd_epi32(sm, qx[1], _mm512_shuffle_epi32(y, _MM_PERM_BBBB));
+                sm = _mm512_dpbusd_epi32(sm, qx[2], _mm512_shuffle_epi32(y, _MM_PERM_CCCC));
+                sm = _mm512_dpbusd_epi32(sm, qx[3], _mm512_shuffle_epi32(y, _MM_PERM_DDDD));
+                const float dA = rd_f32(acts[n] + ibl * act::kQ8KBytes + act::kQ8KD);
+                acc[n] = _mm512_fmadd_ps(_mm512_mul_ps(scales, _mm512_set1_ps(dA)), _mm512_cvtepi32_ps(sm), acc[n]);
+            }
+        }
+    }
+    for (int n = 0; n < NC; ++n) {
+        float* out = g.C + (n0 + n) * g.ldc + grp * 4;
+        const __m256 lo = _mm512_castps512_ps256(acc[n]), hi = _mm512_extractf32x8_ps(acc[n], 1);
+        _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(lo), _mm256_extractf128_ps(lo, 1)));
+        _mm_storeu_ps(out + 4, _mm_add_ps(_mm256_castps256_ps128(hi), _mm256_extractf128_ps(hi, 1)));
+    }
+}
+
+template <int NC>
+void q6_r4_any(const GemmArgs& g, int64_t n0) {
+    const int64_t ngroups = g.nrows / 4;
+    int64_t grp = 0;
+    for (; grp + 2 <= ngroups; grp += 2) q6_r4_pair<NC>(g, n0, grp);
+    if (grp < ngroups) {
+        GemmArgs last = g;
+        last.W = g.W + grp * g.w_group_bytes;
+        last.nrows = 4;
+        last.C = g.C + grp * 4;
+        kq_direct::gemm_q6_r4_cols<NC>(last, n0);
+    }
+}
+
+void gemm_q6_k_r4(const GemmArgs& g) {
+    static const ColsFn fns[] = {nullptr, q6_r4_any<1>, q6_r4_any<2>, q6_r4_any<3>, q6_r4_any<4>};
+    for_column_chunks(g, fns, 4);
+}
+
 }  // namespace
 
 void register_avx512_kquants(KernelTables& t) {
@@ -362,6 +456,7 @@ void register_avx512_kquants(KernelTables& t) {
     t.types[T_Q8_1_R8].gemm = gemm_q8_1_r8;
     t.types[T_Q4_K_R4].gemm = gemm_q4_k_r4;
     t.types[T_Q5_K_R4].gemm = gemm_q5_k_r4;
+    t.types[T_Q6_K_R4].gemm = gemm_q6_k_r4;
 }
 
 }  // namespace iqkq
