@@ -29,6 +29,13 @@ enum TypeIndex : int {
     T_IQ4_NL_R4,
     T_IQ4_XS,
     T_IQ4_XS_R8,
+    T_Q4_K,
+    T_Q5_K,
+    T_Q6_K,
+    T_Q4_K_R4,
+    T_Q5_K_R4,
+    T_Q6_K_R4,
+    T_Q8_1_R8,  // no ik_llama.cpp type: its large-batch form of q4_K / q5_K (docs/formats.md, "k-quants")
     T_COUNT
 };
 
@@ -168,6 +175,14 @@ inline constexpr TypeTraits kTypes[T_COUNT] = {
     {T_IQ4_NL_R4,  "iq4_nl_r4", 220,  32,  18,   0,  4, A_Q8_2_X4, false, -1,           T_IQ4_NL,  -1,          0},
     {T_IQ4_XS,     "iq4_xs",     23, 256, 136,   0,  1, A_Q8_K,    false, T_IQ4_XS_R8,  -1,        T_Q8_K_R8,  32},
     {T_IQ4_XS_R8,  "iq4_xs_r8", 223, 256, 136,   0,  8, A_Q8_K32,  false, -1,           T_IQ4_XS,  -1,          0},
+    {T_Q4_K,       "q4_K",       12, 256, 144,   0,  1, A_Q8_2_X4, false, T_Q4_K_R4,    -1,        T_Q8_1_R8,  32},
+    {T_Q5_K,       "q5_K",       13, 256, 176,   0,  1, A_Q8_2_X4, false, T_Q5_K_R4,    -1,        T_Q8_1_R8,  32},
+    {T_Q6_K,       "q6_K",       14, 256, 210,   0,  1, A_Q8_2_X4, false, T_Q6_K_R4,    -1,        T_Q8_0_R8,  64},
+    {T_Q4_K_R4,    "q4_k_r4",   212, 256, 144,   0,  4, A_Q8_K32,  false, -1,           T_Q4_K,    -1,          0},
+    {T_Q5_K_R4,    "q5_k_r4",   213, 256, 176,   0,  4, A_Q8_K32,  false, -1,           T_Q5_K,    -1,          0},
+    {T_Q6_K_R4,    "q6_k_r4",   214, 256, 210,   0,  4, A_Q8_K,    false, -1,           T_Q6_K,    -1,          0},
+    // q8_1_r8: ik_llama.cpp reuses the id of q8_1 (9) for it internally; iqkq gives it a private id.
+    {T_Q8_1_R8,    "q8_1_r8",  1009, 256, 288,   0,  8, A_Q8_2_X4, false, -1,           -1,        -1,          0},
 };
 
 // Compile-time consistency of the tables: rows in enum order, twins pointing at each other

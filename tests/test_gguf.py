@@ -130,7 +130,7 @@ def test_we_read_gguf_py_files_with_types(tmp_path):
             assert isinstance(got, np.ndarray) and got.dtype == arr.dtype and got.shape == arr.shape
             np.testing.assert_array_equal(got, arr)
             assert not got.flags.writeable and not got.flags.owndata  # read-only memory-mapped views
-        elif name in ("q8_0", "iq3_xxs"):
+        elif name in ("q8_0", "iq3_xxs", "q4_K"):
             assert isinstance(got, iqkq.QuantizedTensor) and got.qtype == name
             np.testing.assert_array_equal(got.rows_view(), arr)
             # dequantize of what gguf-py reads is bit-identical to gguf-py's own dequantize
@@ -766,7 +766,11 @@ def test_file_from_ik_llama_quantize_round_trips(tmp_path):
     y = iqkq.matmul(up, np.ones(256, np.float32))
     np.testing.assert_allclose(y, w.sum(axis=1), rtol=0.02, atol=0.02)
     assert isinstance(tensors["blk.0.attn_v.weight"], iqkq.RawTensor)
-    assert tensors["blk.0.attn_v.weight"].type_name == "iq5_k" and tensors["output.weight"].type_name == "q6_K"
+    assert tensors["blk.0.attn_v.weight"].type_name == "iq5_k"
+    out = tensors["output.weight"]  # q6_K, quantized by ik_llama.cpp
+    assert isinstance(out, iqkq.QuantizedTensor) and out.qtype == "q6_K"
+    wo = iqkq.dequantize(out)
+    assert np.isfinite(wo).all() and 0.01 < wo.std() < 0.03
     p = tmp_path / "copy.gguf"
     iqkq.gguf.save(p, tensors, meta)
     with open(IK_FILE, "rb") as fh:

@@ -12,7 +12,8 @@ LB = {t.name: iqkq.ops._LARGE_BATCH[t.name] for t in iqkq.types() if iqkq.ops._L
 
 def test_large_batch_types():
     assert LB == {"q8_0": "q8_0_r8", "iq4_ks": "q8_k_r8", "iq3_xxs": "q8_k_r8", "iq4_xs": "q8_k_r8",
-                  "q4_0": "q8_0_r8", "q5_0": "q8_0_r8", "q6_0": "q8_0_r8", "iq4_nl": "q8_0_r8"}
+                  "q4_0": "q8_0_r8", "q5_0": "q8_0_r8", "q6_0": "q8_0_r8", "iq4_nl": "q8_0_r8",
+                  "q4_K": "q8_1_r8", "q5_K": "q8_1_r8", "q6_K": "q8_0_r8"}
 
 
 @pytest.mark.parametrize("qtype", sorted(LB))
@@ -20,6 +21,7 @@ def test_rule_is_thread_independent(qtype):
     idx = iqkq.type_info(qtype).index
     for rows, N, expect in [(32, 32, True), (32, 31, False), (24, 40, False), (40, 40, True), (36, 64, False),
                             (4096, 512, True), (8, 1000, False), (64, 1, False)]:
+        expect = expect and N >= iqkq.type_info(qtype).large_batch_min_n  # q6_K: 64
         assert _core.uses_large_batch(idx, rows, N, 0) == expect, (rows, N)
         assert _core.uses_large_batch(idx, rows, N, 1) is False
     for rows in (8, 16, 32):
@@ -37,7 +39,7 @@ def test_repack_path_equals_converted_weights(qtype, isa):
     for n in (1, 5, 31, 32, 70):
         y = iqkq.matmul(q, x[:n], path="repack")
         np.testing.assert_array_equal(y, iqkq.matmul(conv, x[:n]))
-        if n >= 32:
+        if n >= iqkq.type_info(qtype).large_batch_min_n:
             np.testing.assert_array_equal(y, iqkq.matmul(q, x[:n]))  # auto takes it
 
 

@@ -230,8 +230,8 @@ def test_gguf_weights(tmp_path, monkeypatch):
 
 def test_library_errors():
     w = qmap.synthetic_weights(32, 256)
-    with pytest.raises(ValueError, match="unknown quantization type 'q4_K'"):
-        iqkq.quant_map(["q4_K"], w, limits=False)
+    with pytest.raises(ValueError, match="unknown quantization type 'q2_K'"):
+        iqkq.quant_map(["q2_K"], w, limits=False)
     with pytest.raises(ValueError, match="pp_n must be a positive integer"):
         iqkq.quant_map(["q8_0"], w, pp_n=0, limits=False)
     with pytest.raises(ValueError, match="hot N must be a positive integer"):
@@ -255,7 +255,7 @@ def _run(capsys, *args):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["map", "--types", "q4_K"], "unknown quantization type 'q4_K'"),
+    (["map", "--types", "q2_K"], "unknown quantization type 'q2_K'"),
     (["map", "--ns", "0"], "argument --ns: must be a positive integer (>= 1), got 0"),
     (["bench", "--threads", "0"], "argument --threads: must be a positive integer"),
     (["map", "--min-time", "-1"], "argument --min-time: must be a finite number >= 0"),
@@ -284,8 +284,8 @@ def test_cli_plot_without_matplotlib_says_how_to_install(capsys, monkeypatch, tm
 
 
 def test_cli_error_through_the_interpreter():
-    p = subprocess.run([sys.executable, "-m", "iqkq", "map", "--types", "q4_K"], capture_output=True, text=True)
-    assert p.returncode == 2 and "unknown quantization type 'q4_K'" in p.stderr and "Traceback" not in p.stderr
+    p = subprocess.run([sys.executable, "-m", "iqkq", "map", "--types", "q2_K"], capture_output=True, text=True)
+    assert p.returncode == 2 and "unknown quantization type 'q2_K'" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_cli_every_option_has_help():

@@ -181,6 +181,16 @@ def _check_imatrix(imatrix, K: int, t: TypeInfo, n_expert: Optional[int] = None)
         raise ValueError(f"{t.name}: imatrix contains NaN or infinite values")
     if (im < 0).any():
         raise ValueError(f"{t.name}: imatrix entries must be >= 0 (importance weights), found negative values")
+    if im.size and t.name in ("q4_K", "q5_K") and K % 256 == 0:
+        # quantize_row_q{4,5}_K_impl weighs each 256-column super-block by the imatrix alone; an
+        # all-zero super-block makes its 6-bit scale quantization 0/0 and ik_llama.cpp aborts
+        # (GGML_ABORT on a NaN d_block). iqkq refuses it up front (the _r4 twins replace such
+        # blocks by 1e-9 weights, as ik does, and accept it).
+        zero = (im.reshape(-1, K // 256, 256) == 0).all(axis=-1)
+        if zero.any():
+            b = int(np.argwhere(zero)[0][-1])
+            raise ValueError(f"{t.name}: the imatrix is zero over the whole super-block of columns "
+                             f"[{256 * b}, {256 * b + 256}); ik_llama.cpp cannot quantize that (it aborts)")
     if im.size:
         rows = im.reshape(-1, K)
         top = rows.max(axis=1)
