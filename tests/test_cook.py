@@ -624,3 +624,20 @@ def test_dask_local_cluster_same_bytes(model, imatrix_files, tmp_path):
                                   scheduler="local:2", threads=1, progress=False, max_in_flight=3)
     assert rep.workers == 2 and rep.scheduler == "dask LocalCluster, 2 workers"
     assert out.read_bytes() == ref.read_bytes()
+
+
+def test_large_tensors_quantize_in_row_chunks_with_the_same_bytes(model, imatrix_files, tmp_path, monkeypatch):
+    """Tensors above the chunk size are converted and quantized a few rows at a time (never
+    across experts, whole row groups of interleaved types): the file is byte-identical."""
+    import iqkq.cook as cook
+
+    whole = tmp_path / "whole.gguf"
+    iqkq.quantize_model(model, whole, RULES, default="iq4_ks", imatrix=imatrix_files["legacy"], threads=2,
+                        progress=False)
+    monkeypatch.setattr(cook, "_CHUNK_F32_BYTES", 8 * 4 * 256)  # 8 rows of 256 floats
+    assert list(cook._row_chunks(2, 20, 256, 8)) == [(0, 0, 8), (0, 8, 8), (0, 16, 4), (1, 0, 8), (1, 8, 8), (1, 16, 4)]
+    assert list(cook._row_chunks(1, 16, 256, 4)) == [(0, 0, 8), (0, 8, 8)]
+    chunked = tmp_path / "chunked.gguf"
+    iqkq.quantize_model(model, chunked, RULES, default="iq4_ks", imatrix=imatrix_files["legacy"], threads=2,
+                        progress=False)
+    assert whole.read_bytes() == chunked.read_bytes()

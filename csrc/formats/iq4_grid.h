@@ -42,7 +42,7 @@ static inline int32_t trunc_cvtt(float v) {
     return (int32_t)v;
 }
 
-// best_index (FORMATS.md §6.3): index of the entry of the 16-entry ascending table T nearest
+// best_index (docs/formats.md §6.3): index of the entry of the 16-entry ascending table T nearest
 // to x, ties to the larger index, evaluated exactly as ik_llama.cpp does it (truncation into
 // kIndex, then one float comparison of the two distances). NaN and |x| >= 2^31 give 0, as
 // the x86 conversion does.

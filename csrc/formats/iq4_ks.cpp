@@ -1,6 +1,6 @@
 // iq4_ks (id 144) and iq4_ks_r4 (id 344): scalar reference quantize / dequantize / repack,
 // the conversion to q8_k_r8 for large batches, and the scalar twins of the matmul kernels
-// (FORMATS.md §6, §7, §11.3 E and G, §11.4).
+// (docs/formats.md §6, §7, §11.3 E and G, §11.4).
 //
 // This file is the readable definition: every float operation is written out once, in the
 // order of the specification, with no implicit contraction (-ffp-contract=off). The AVX2
@@ -61,7 +61,7 @@ TrialSums trial(const int8_t* T, float id, const float* xb, const float* w) {
     return s;
 }
 
-// Pass 1 for one block (FORMATS.md §6.3 steps 3-9): the block scale S (possibly negative,
+// Pass 1 for one block (docs/formats.md §6.3 steps 3-9): the block scale S (possibly negative,
 // 0 for a skipped block) and whether the shifted table won.
 struct BlockScale {
     float d;
@@ -203,7 +203,7 @@ void dequantize_iq4_ks(const uint8_t* src, float* dst, int64_t nrows, int64_t K)
 
 // Nibble of element e (0..31) of block b of row r inside an interleaved super-block's qs:
 // element quarter k = e/4 lives at byte 64b + 4r + e%4 + {0, 32, 0, 32, 16, 48, 16, 48}[k],
-// in the low nibble for k = 0, 1, 4, 5 and the high nibble for k = 2, 3, 6, 7 (FORMATS.md §7.1).
+// in the low nibble for k = 0, 1, 4, 5 and the high nibble for k = 2, 3, 6, 7 (docs/formats.md §7.1).
 int r4_nibble(const uint8_t* qs, int b, int r, int e) {
     const int k = e / 4;
     const int off = ((k >> 2) & 1) * 16 + (k & 1) * 32;
@@ -291,7 +291,7 @@ void dequantize_iq4_ks_r4(const uint8_t* src, float* dst, int64_t nrows, int64_t
 
 // ------------------------------------------------------------------------------ matmul
 
-// q8_K / q8_K32 activation super-block (FORMATS.md §4.1): f32 d at 0, int8 quants at 8,
+// q8_K / q8_K32 activation super-block (docs/formats.md §4.1): f32 d at 0, int8 quants at 8,
 // bsums at 264 (q8_K32: 8 x f32 d * block sums).
 constexpr int kActBytes = act::kQ8KBytes;  // one q8_K / q8_K32 record
 
@@ -373,7 +373,7 @@ void gemm_iq4_ks_r4(const GemmArgs& g) {
 
 // ------------------------------------------------------------------------------ large batch
 
-// iq4_ks -> q8_k_r8 (FORMATS.md §11.4, layout §5): per 8 rows and super-block, each row's
+// iq4_ks -> q8_k_r8 (docs/formats.md §11.4, layout §5): per 8 rows and super-block, each row's
 // integers ls * T[n] are re-scaled to int8 if they exceed it, with fp16(D * dnew) as scale.
 constexpr int kQ8kR8Bytes = 16 + 8 * 256;
 

@@ -1,4 +1,4 @@
-// iq4_ks and iq4_ks_r4 layouts (FORMATS.md §6-7) and the constant tables shared by the scalar
+// iq4_ks and iq4_ks_r4 layouts (docs/formats.md §6-7) and the constant tables shared by the scalar
 // reference and the SIMD kernels. Everything here is `static` / `constexpr` (see common.h on
 // why no inline function may be shared between portable and AVX2 translation units).
 #pragma once

@@ -576,12 +576,58 @@ def _as_source(t, shape):
     return t
 
 
+# At most this many float32 bytes of a tensor are converted and quantized at once: a large
+# tensor (a 671B model's expert tensors are 15 GB as float32) is quantized in row chunks, so the
+# cook's peak memory is this plus the tensor's output bytes, not its float32 copy.
+_CHUNK_F32_BYTES = 64 << 20
+
+
+def _row_chunks(n_experts: int, rows: int, K: int, ilv: int):
+    """(expert, first row, row count) of each chunk: chunks never cross experts, and are whole
+    multiples of the type's row interleave."""
+    per = max(ilv, (_CHUNK_F32_BYTES // (4 * K)) // ilv * ilv)
+    for e in range(n_experts):
+        for r in range(0, rows, per):
+            yield e, r, min(per, rows - r)
+
+
 def _work(t, shape, qtype, imatrix, threads):
+    """Quantize one tensor of the file; the bytes are those of ``quantize`` of the whole tensor
+    (rows, and experts, quantize independently), computed chunk by chunk."""
     from .ops import quantize
+    from ._types import type_info
+    from .tensor import RawTensor
 
     t0 = time.perf_counter()
-    q = quantize(_as_source(t, shape), qtype, imatrix=imatrix, threads=threads)
-    return q.data, time.perf_counter() - t0
+    src = _as_source(t, shape)
+    shp = tuple(int(d) for d in (src.shape if hasattr(src, "shape") else shape))
+    K = shp[-1]
+    E, R = (shp[0], shp[1]) if len(shp) == 3 else (1, int(np.prod(shp[:-1])))
+    if E * R * K * 4 <= _CHUNK_F32_BYTES:
+        q = quantize(src, qtype, imatrix=imatrix, threads=threads)
+        return q.data, time.perf_counter() - t0
+    info = type_info(qtype)
+    row_out = info.row_bytes(K)
+    out = np.empty(E * R * row_out, np.uint8)
+    if isinstance(src, RawTensor):
+        raw = np.asarray(src.data).reshape(-1)
+        row_in = raw.size // (E * R)
+
+        def piece(e, r, n):
+            a = (e * R + r) * row_in
+            return RawTensor(raw[a:a + n * row_in], src.type_id, (n, K))
+    else:
+        flat = np.asarray(src).reshape(E * R, K)
+
+        def piece(e, r, n):
+            return flat[e * R + r:e * R + r + n]
+    im = None if imatrix is None else np.asarray(imatrix, np.float32)
+    for e, r, n in _row_chunks(E, R, K, info.interleave):
+        ime = im[e] if im is not None and im.ndim == 2 else im
+        q = quantize(piece(e, r, n), qtype, imatrix=ime, threads=threads)
+        a = (e * R + r) * row_out
+        out[a:a + n * row_out] = q.data
+    return out, time.perf_counter() - t0
 
 
 def _release(f, offset: int, nbytes: int) -> None:
