@@ -27,7 +27,7 @@ POSITIVE_ZERO_TWINS = {"q5_0_r4", "q6_0_r4"}
 # Types whose ik_llama.cpp one-column kernel has its own float order: a column computed alone
 # (N = 1) differs in the last bits from the same column inside a batch (docs/formats.md,
 # "Legacy 32-blocks: the one-column rule").
-ONE_COLUMN_KERNEL = {"q4_0_r8"}
+ONE_COLUMN_KERNEL = {"q4_0_r8", "q4_k_r4", "q5_k_r4", "q6_k_r4"}
 
 
 def ids(ts):

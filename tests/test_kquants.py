@@ -1,8 +1,8 @@
 """k-quants (q4_K, q5_K, q6_K, their _r4 twins, q8_1_r8): what is specific to them.
 
 The oracle cases themselves run in test_oracle.py (the base types bit-exact at every N); here:
-gguf-py's dequantize equals ours bit for bit, the twins' matmul against ik's at N > 1 (bit-exact)
-and N = 1 (ik's one-column kernels round differently), twins = repack(base), the large-batch
+gguf-py's dequantize equals ours bit for bit, the twins' matmul against ik's at every N (bit-exact;
+N = 1 takes ik's one-column float order), twins = repack(base), the large-batch
 forms, and quantizer edge cases.
 """
 import numpy as np
@@ -66,12 +66,8 @@ def test_twin_matmul_vs_ik(path, isa):
     q = iqkq.QuantizedTensor(z["q"], name, z["w"].shape)
     for n in [int(v) for v in z["n_values"]]:
         y, yo = iqkq.matmul(q, z[f"x_N{n}"], threads=2), z[f"y_N{n}"]
-        if n > 1:
-            np.testing.assert_array_equal(y.view(np.uint32), yo.view(np.uint32), err_msg=f"N={n}")
-        else:
-            # ik's nrc_y == 1 instance multiplies the row scale by the activation scale first;
-            # iqkq keeps one order for every N (a column gives the same bits alone or in a batch).
-            np.testing.assert_allclose(y, yo, rtol=1e-5, atol=1e-6 * float(np.abs(yo).max()))
+        # bit-exact at every N, N = 1 included (ik's one-column order, GemmArgs::single_col)
+        np.testing.assert_array_equal(y.view(np.uint32), yo.view(np.uint32), err_msg=f"N={n}")
 
 
 @pytest.mark.parametrize("path", twin_cases())
@@ -266,9 +262,9 @@ def _unpacked_levels(one):
 
 
 @pytest.mark.parametrize("path", [p for p in twin_cases() if "__normal__8x256" in p.id])
-def test_twin_n1_difference_is_iks_one_column_rounding(path):
+def test_twin_n1_is_iks_one_column_order(path, isa):
     """The N = 1 oracle outputs are reproduced bit for bit by a model of ik's nrc_y == 1
-    instance; iqkq's (multi-column order) result differs from them only in the last bits."""
+    instance, and by iqkq."""
     z = load(path)
     tw = str(z["type_name"])
     rows, K = z["w"].shape
@@ -276,6 +272,29 @@ def test_twin_n1_difference_is_iks_one_column_rounding(path):
     qb = iqkq.repack(q, iqkq.type_info(tw).base).data.reshape(rows, -1)
     model = _ik_one_column(tw, qb, z["x_N1"], K)
     np.testing.assert_array_equal(model.view(np.uint32), z["y_N1"][0].view(np.uint32))
+    np.testing.assert_array_equal(iqkq.matmul(q, z["x_N1"][0]).view(np.uint32), model.view(np.uint32))
+
+
+@pytest.mark.parametrize("tw", list(TWINS.values()))
+def test_twin_one_column_rule(tw, isa):
+    """ik's one-column instance is used for N = 1 and, with fewer than 32 rows (batches tiled
+    by 32 columns), for a last tile of one column (N % 32 == 1): the last of 33 columns is the
+    model's one-column result there, and the multi-column one with 40 rows."""
+    K = 512
+    x = rng(31).standard_normal((34, K)).astype(np.float32)
+    for rows, lone in ((16, True), (40, False)):
+        w = rng(32).standard_normal((rows, K)).astype(np.float32)
+        q = iqkq.quantize(w, tw)
+        qb = iqkq.repack(q, iqkq.type_info(tw).base).data.reshape(rows, -1)
+        one = _ik_one_column(tw, qb, x[32:33], K)
+        multi = iqkq.matmul(q, x[32:34])[0]
+        assert not np.array_equal(one.view(np.uint32), multi.view(np.uint32))  # the orders differ
+        np.testing.assert_array_equal(iqkq.matmul(q, x[32]).view(np.uint32), one.view(np.uint32))
+        y33 = iqkq.matmul(q, x[:33])
+        np.testing.assert_array_equal(y33[:32].view(np.uint32), iqkq.matmul(q, x[:32]).view(np.uint32))
+        np.testing.assert_array_equal(y33[32].view(np.uint32), (one if lone else multi).view(np.uint32))
+        for threads in (1, 3):
+            np.testing.assert_array_equal(iqkq.matmul(q, x[:33], threads=threads).view(np.uint32), y33.view(np.uint32))
 
 
 def test_zero_imatrix_super_block():

@@ -15,7 +15,7 @@ from conftest import load, oracle_cases
 BIT_EXACT_MATMUL = {"q8_0", "q8_0_r8", "q8_k_r8", "iq4_ks", "iq4_ks_r4", "iq3_xxs", "iq3_xxs_r4",
                     "q4_0", "q4_0_r8", "q5_0", "q5_0_r4", "q6_0", "q6_0_r4", "iq4_nl", "iq4_nl_r4",
                     "iq4_xs", "iq4_xs_r8",
-                    "q4_K", "q5_K", "q6_K"}
+                    "q4_K", "q5_K", "q6_K", "q4_k_r4", "q5_k_r4", "q6_k_r4"}
 
 
 def matmul_cases():

@@ -1054,10 +1054,11 @@ static inline int32_t dot16(const KBlock& b, int ib, int h, const int8_t* aq) {
 }
 
 // q4_k_r4 / q5_k_r4 x q8_K32 (mul_mat_q{4,5}_k_r4_q8_k) and q6_k_r4 x q8_K
-// (mul_mat_q6_k_r4_q8_k), the order of their multi-column instances: lane l = row l % 4,
-// half l / 4 of each 32-block; per super-block the min terms, then the scaled sums; each
-// output is lane r + lane r + 4. (ik_llama.cpp's one-column instances round some products
-// in another order; docs/formats.md, "k-quants: kernels".)
+// (mul_mat_q6_k_r4_q8_k): lane l = row l % 4, half l / 4 of each 32-block; per super-block
+// the min terms, then the scaled sums; each output is lane r + lane r + 4. The column
+// GemmArgs::single_col takes the order of ik_llama.cpp's one-column instances (q4/q5: the
+// weighted min sum first, times -dmin once; q6: d * d_act before the scales), every other
+// column that of the multi-column ones (docs/formats.md, "k-quants: kernels").
 template <Kind kind>
 void gemm_r4(const GemmArgs& g) {
     const int64_t nb = g.K / kSuper;
@@ -1067,6 +1068,7 @@ void gemm_r4(const GemmArgs& g) {
         const uint8_t* w = g.W + grp * g.w_group_bytes;
         for (int64_t n = 0; n < g.ncols; ++n) {
             const uint8_t* a = g.A + n * g.a_row_bytes;
+            const bool single = n == g.single_col;
             float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
             for (int64_t i = 0; i < nb; ++i) {
                 decode_r4(kind, w + i * bytes, b4);
@@ -1077,6 +1079,16 @@ void gemm_r4(const GemmArgs& g) {
                     for (int l = 0; l < 8; ++l) {
                         const int k = l % 4, h = l / 4;
                         const float m4 = -1.0f * fp16_to_fp32(b4[k].dmin);
+                        if (single) {
+                            float s = 0.0f;
+                            for (int j = 0; j < 4; ++j) {
+                                const int b = j + 4 * h;
+                                const float bs = rd_f32(ab + act::kQ8KBsums + 4 * b);
+                                s = j == 0 ? (float)b4[k].lm[b] * bs : fmaf_exact((float)b4[k].lm[b], bs, s);
+                            }
+                            acc[l] = fmaf_exact(m4, s, acc[l]);
+                            continue;
+                        }
                         for (int j = 0; j < 4; ++j) {
                             const int b = j + 4 * h;
                             const float c = m4 * (float)b4[k].lm[b];
@@ -1098,14 +1110,16 @@ void gemm_r4(const GemmArgs& g) {
                                 const int s16 = 2 * (j + 4 * h) + sub;
                                 sumi += (int32_t)b4[k].sc6[s16] * (int32_t)(int16_t)rd_u16(ab + act::kQ8KBsums + 2 * s16);
                             }
-                        const float mn = fp16_to_fp32(b4[k].d) * -32.0f;
-                        acc[l] = fmaf_exact(mn * dA, (float)sumi, acc[l]);
+                        const float d = fp16_to_fp32(b4[k].d);
+                        const float mn = single ? (d * dA) * -32.0f : (d * -32.0f) * dA;
+                        acc[l] = fmaf_exact(mn, (float)sumi, acc[l]);
                     }
                     for (int ib = 0; ib < 8; ++ib)
                         for (int l = 0; l < 8; ++l) {
                             const int k = l % 4, h = l / 4;
-                            const float sc = fp16_to_fp32(b4[k].d) * (float)b4[k].sc6[2 * ib + h];
-                            acc[l] = fmaf_exact(sc * dA, (float)dot16(b4[k], ib, h, aq), acc[l]);
+                            const float d = fp16_to_fp32(b4[k].d), sc = (float)b4[k].sc6[2 * ib + h];
+                            const float c = single ? (d * dA) * sc : (d * sc) * dA;
+                            acc[l] = fmaf_exact(c, (float)dot16(b4[k], ib, h, aq), acc[l]);
                         }
                 }
             }

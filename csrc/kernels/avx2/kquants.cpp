@@ -106,16 +106,16 @@ void gemm_q8_1_r8(const GemmArgs& g) {
 void gemm_q4_k_r4(const GemmArgs& g) {
     static const ColsFn fns[] = {nullptr, gemm_q45_r4_cols<0, 1>, gemm_q45_r4_cols<0, 2>, gemm_q45_r4_cols<0, 3>,
                                  gemm_q45_r4_cols<0, 4>};
-    for_column_chunks(g, fns, 4);
+    for_column_chunks(g, fns, 4, gemm_q45_r4_cols<0, 1, true>);
 }
 void gemm_q5_k_r4(const GemmArgs& g) {
     static const ColsFn fns[] = {nullptr, gemm_q45_r4_cols<1, 1>, gemm_q45_r4_cols<1, 2>, gemm_q45_r4_cols<1, 3>,
                                  gemm_q45_r4_cols<1, 4>};
-    for_column_chunks(g, fns, 4);
+    for_column_chunks(g, fns, 4, gemm_q45_r4_cols<1, 1, true>);
 }
 void gemm_q6_k_r4(const GemmArgs& g) {
     static const ColsFn fns[] = {nullptr, gemm_q6_r4_cols<1>, gemm_q6_r4_cols<2>, gemm_q6_r4_cols<3>, gemm_q6_r4_cols<4>};
-    for_column_chunks(g, fns, 4);
+    for_column_chunks(g, fns, 4, gemm_q6_r4_cols<1, true>);
 }
 
 // q6_K -> q8_0_r8 (iqk_convert_q6_k_q8_0_r8), the same operations as the scalar reference.

@@ -178,7 +178,7 @@ void gemm_q6_K_cols(const GemmArgs& g, int64_t n0) {
 }
 
 
-// The 4-row interleaved twins (multi-column order of mul_mat_q{4,5,6}_k_r4_q8_k).
+// The 4-row interleaved twins (mul_mat_q{4,5,6}_k_r4_q8_k).
 inline __m256i sh4(__m256i y, int k) {
     switch (k) {
         case 0: return _mm256_shuffle_epi32(y, 0x00);
@@ -188,7 +188,18 @@ inline __m256i sh4(__m256i y, int k) {
     }
 }
 
-template <int kind, int NC>  // 0: q4_k_r4, 1: q5_k_r4
+// ik's one-column min term of q4_k_r4 / q5_k_r4 (process_min_r4_b32, nrc_y == 1): per lane
+// sum_j min_j * bsum_j, rounded in this order (the caller multiplies by -dmin once). f1..f4: the
+// mins of the lane's four 32-blocks; bs: the eight q8_K32 block sums.
+inline __m256 min_sum_one(__m256 f1, __m256 f2, __m256 f3, __m256 f4, __m256 bs) {
+    __m256 s = _mm256_mul_ps(f1, _mm256_shuffle_ps(bs, bs, 0x00));
+    s = _mm256_fmadd_ps(f2, _mm256_shuffle_ps(bs, bs, 0x55), s);
+    s = _mm256_fmadd_ps(f3, _mm256_shuffle_ps(bs, bs, 0xaa), s);
+    return _mm256_fmadd_ps(f4, _mm256_shuffle_ps(bs, bs, 0xff), s);
+}
+
+// One: the column takes ik's one-column float order (NC == 1; GemmArgs::single_col).
+template <int kind, int NC, bool One = false>  // 0: q4_k_r4, 1: q5_k_r4
 void gemm_q45_r4_cols(const GemmArgs& g, int64_t n0) {
     const int64_t nb = g.K / kSuper;
     const int bytes = kind == 0 ? kQ4R4Bytes : kQ5R4Bytes;
@@ -216,18 +227,26 @@ void gemm_q45_r4_cols(const GemmArgs& g, int64_t n0) {
                                                  _mm256_and_si256(_mm256_srli_epi16(hbits, 2), m3));
             const __m128i ml = _mm256_castsi256_si128(mins), mhh = _mm256_extracti128_si256(mins, 1);
             const __m128i aux1 = _mm_unpacklo_epi32(ml, mhh), aux2 = _mm_unpackhi_epi32(ml, mhh);
-            const __m256 c1 = _mm256_mul_ps(m4, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(aux1)));
-            const __m256 c2 = _mm256_mul_ps(m4, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_shuffle_epi32(aux1, 0xee))));
-            const __m256 c3 = _mm256_mul_ps(m4, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(aux2)));
-            const __m256 c4 = _mm256_mul_ps(m4, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_shuffle_epi32(aux2, 0xee))));
+            const __m256 f1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(aux1));
+            const __m256 f2 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_shuffle_epi32(aux1, 0xee)));
+            const __m256 f3 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(aux2));
+            const __m256 f4 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_shuffle_epi32(aux2, 0xee)));
             __m256i isum[NC];
-            for (int n = 0; n < NC; ++n) {
-                const __m256 bs = _mm256_loadu_ps(reinterpret_cast<const float*>(acts[n] + ibl * act::kQ8KBytes + act::kQ8KBsums));
-                acc[n] = _mm256_fmadd_ps(c1, _mm256_shuffle_ps(bs, bs, 0x00), acc[n]);
-                acc[n] = _mm256_fmadd_ps(c2, _mm256_shuffle_ps(bs, bs, 0x55), acc[n]);
-                acc[n] = _mm256_fmadd_ps(c3, _mm256_shuffle_ps(bs, bs, 0xaa), acc[n]);
-                acc[n] = _mm256_fmadd_ps(c4, _mm256_shuffle_ps(bs, bs, 0xff), acc[n]);
-                isum[n] = _mm256_setzero_si256();
+            if constexpr (One) {
+                const __m256 bs = _mm256_loadu_ps(reinterpret_cast<const float*>(acts[0] + ibl * act::kQ8KBytes + act::kQ8KBsums));
+                acc[0] = _mm256_fmadd_ps(m4, min_sum_one(f1, f2, f3, f4, bs), acc[0]);
+                isum[0] = _mm256_setzero_si256();
+            } else {
+                const __m256 c1 = _mm256_mul_ps(m4, f1), c2 = _mm256_mul_ps(m4, f2);
+                const __m256 c3 = _mm256_mul_ps(m4, f3), c4 = _mm256_mul_ps(m4, f4);
+                for (int n = 0; n < NC; ++n) {
+                    const __m256 bs = _mm256_loadu_ps(reinterpret_cast<const float*>(acts[n] + ibl * act::kQ8KBytes + act::kQ8KBsums));
+                    acc[n] = _mm256_fmadd_ps(c1, _mm256_shuffle_ps(bs, bs, 0x00), acc[n]);
+                    acc[n] = _mm256_fmadd_ps(c2, _mm256_shuffle_ps(bs, bs, 0x55), acc[n]);
+                    acc[n] = _mm256_fmadd_ps(c3, _mm256_shuffle_ps(bs, bs, 0xaa), acc[n]);
+                    acc[n] = _mm256_fmadd_ps(c4, _mm256_shuffle_ps(bs, bs, 0xff), acc[n]);
+                    isum[n] = _mm256_setzero_si256();
+                }
             }
             for (int ib = 0; ib < 8; ++ib) {
                 __m128i aux = _mm_set1_epi32((int)hd[ib]);
@@ -262,7 +281,7 @@ void gemm_q45_r4_cols(const GemmArgs& g, int64_t n0) {
     }
 }
 
-template <int NC>
+template <int NC, bool One = false>
 void gemm_q6_r4_cols(const GemmArgs& g, int64_t n0) {
     const int64_t nb = g.K / kSuper;
     const __m256i m4b = _mm256_set1_epi8(0xf), m3 = _mm256_set1_epi8(0x30), one = _mm256_set1_epi16(1);
@@ -279,7 +298,9 @@ void gemm_q6_r4_cols(const GemmArgs& g, int64_t n0) {
             _mm_prefetch((const char*)(x + kQ6R4Bytes), _MM_HINT_T0);
             _mm_prefetch((const char*)(x + kQ6R4Bytes + 64), _MM_HINT_T0);
             const __m128 dl = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(x)));
-            const __m256 d4 = _mm256_set_m128(dl, dl);
+            // One: d * d_act first (ik's one-column instance), then the min and the scales.
+            const __m256 d4 = One ? _mm256_mul_ps(_mm256_set_m128(dl, dl), _mm256_set1_ps(rd_f32(acts[0] + ibl * act::kQ8KBytes + act::kQ8KD)))
+                                  : _mm256_set_m128(dl, dl);
             const __m256 mn = _mm256_mul_ps(d4, _mm256_set1_ps(-32.0f));
             const uint8_t* sc = x + kQ6R4Scales;
             __m256i t[4];
@@ -295,7 +316,7 @@ void gemm_q6_r4_cols(const GemmArgs& g, int64_t n0) {
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(s3, _mm256_shuffle_epi32(bsums, 0xaa)));
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(s4, _mm256_shuffle_epi32(bsums, 0xff)));
                 const float dA = rd_f32(acts[n] + ibl * act::kQ8KBytes + act::kQ8KD);
-                acc[n] = _mm256_fmadd_ps(_mm256_mul_ps(mn, _mm256_set1_ps(dA)), _mm256_cvtepi32_ps(sumi), acc[n]);
+                acc[n] = _mm256_fmadd_ps(One ? mn : _mm256_mul_ps(mn, _mm256_set1_ps(dA)), _mm256_cvtepi32_ps(sumi), acc[n]);
             }
             for (int ib = 0; ib < 8; ++ib) {
                 const __m256i isc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sc + 8 * ib)));
@@ -313,7 +334,7 @@ void gemm_q6_r4_cols(const GemmArgs& g, int64_t n0) {
                     const __m256i p2 = _mm256_add_epi16(_mm256_maddubs_epi16(qx[2], sh4(y, 2)), _mm256_maddubs_epi16(qx[3], sh4(y, 3)));
                     const __m256i sumi = _mm256_add_epi32(_mm256_madd_epi16(one, p1), _mm256_madd_epi16(one, p2));
                     const float dA = rd_f32(acts[n] + ibl * act::kQ8KBytes + act::kQ8KD);
-                    acc[n] = _mm256_fmadd_ps(_mm256_mul_ps(scales, _mm256_set1_ps(dA)), _mm256_cvtepi32_ps(sumi), acc[n]);
+                    acc[n] = _mm256_fmadd_ps(One ? scales : _mm256_mul_ps(scales, _mm256_set1_ps(dA)), _mm256_cvtepi32_ps(sumi), acc[n]);
                 }
             }
         }

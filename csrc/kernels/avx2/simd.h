@@ -98,4 +98,22 @@ static inline void for_column_chunks(const GemmArgs& g, const ColsFn* fns, int m
     }
 }
 
+// As for_column_chunks, but the column GemmArgs::single_col (if any) goes to `single`, the
+// kernel in ik_llama.cpp's one-column float order; the columns before and after it are walked
+// as usual.
+static inline void for_column_chunks(const GemmArgs& g, const ColsFn* fns, int max_nc, ColsFn single) {
+    if (g.single_col < 0) {
+        for_column_chunks(g, fns, max_nc);
+        return;
+    }
+    GemmArgs h = g;
+    h.ncols = g.single_col;
+    if (h.ncols > 0) for_column_chunks(h, fns, max_nc);
+    single(g, g.single_col);
+    h.A = g.A + (g.single_col + 1) * g.a_row_bytes;
+    h.C = g.C + (g.single_col + 1) * g.ldc;
+    h.ncols = g.ncols - g.single_col - 1;
+    if (h.ncols > 0) for_column_chunks(h, fns, max_nc);
+}
+
 }  // namespace iqkq

@@ -242,7 +242,7 @@ void gemm_q8_1_r8(const GemmArgs& g) {
 inline __m512i join(__m256i a, __m256i b) { return _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1); }
 inline __m512 joinf(__m256 a, __m256 b) { return _mm512_insertf32x8(_mm512_castps256_ps512(a), b, 1); }
 
-template <int kind, int NC>  // 0: q4_k_r4, 1: q5_k_r4
+template <int kind, int NC, bool One = false>  // 0: q4_k_r4, 1: q5_k_r4; One: ik's one-column order
 void q45_r4_pair(const GemmArgs& g, int64_t n0, int64_t grp) {
     using namespace kq;
     const int64_t nb = g.K / kSuper;
@@ -257,14 +257,14 @@ void q45_r4_pair(const GemmArgs& g, int64_t n0, int64_t grp) {
     for (int n = 0; n < NC; ++n) acc[n] = _mm512_setzero_ps();
     for (int64_t ibl = 0; ibl < nb; ++ibl) {
         const uint8_t* x[2] = {w[0] + ibl * bytes, w[1] + ibl * bytes};
-        __m256 d4h[2], c[4][2];
+        __m256 d4h[2], m4h[2], f[4][2];
         alignas(32) uint32_t hd[2][8];
         for (int p = 0; p < 2; ++p) {
             _mm_prefetch((const char*)(x[p] + bytes), _MM_HINT_T0);
             _mm_prefetch((const char*)(x[p] + bytes + 64), _MM_HINT_T0);
             const __m256 dl = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x[p])));
             d4h[p] = _mm256_permute2f128_ps(dl, dl, 0x00);
-            const __m256 m4 = _mm256_mul_ps(_mm256_set1_ps(-1.0f), _mm256_permute2f128_ps(dl, dl, 0x11));
+            m4h[p] = _mm256_mul_ps(_mm256_set1_ps(-1.0f), _mm256_permute2f128_ps(dl, dl, 0x11));
             const __m256i lbits = ld32(x[p] + kQ4R4ScL);
             const __m128i h128 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x[p] + kQ4R4ScH));
             const __m256i hbits = _mm256_set_m128i(h128, _mm_slli_epi16(h128, 4));
@@ -273,22 +273,36 @@ void q45_r4_pair(const GemmArgs& g, int64_t n0, int64_t grp) {
                                                  _mm256_and_si256(_mm256_srli_epi16(hbits, 2), m3));
             const __m128i ml = _mm256_castsi256_si128(mins), mh = _mm256_extracti128_si256(mins, 1);
             const __m128i aux1 = _mm_unpacklo_epi32(ml, mh), aux2 = _mm_unpackhi_epi32(ml, mh);
-            c[0][p] = _mm256_mul_ps(m4, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(aux1)));
-            c[1][p] = _mm256_mul_ps(m4, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_shuffle_epi32(aux1, 0xee))));
-            c[2][p] = _mm256_mul_ps(m4, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(aux2)));
-            c[3][p] = _mm256_mul_ps(m4, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_shuffle_epi32(aux2, 0xee))));
+            f[0][p] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(aux1));
+            f[1][p] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_shuffle_epi32(aux1, 0xee)));
+            f[2][p] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(aux2));
+            f[3][p] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_shuffle_epi32(aux2, 0xee)));
         }
         const __m512 d4 = joinf(d4h[0], d4h[1]);
-        __m512 cc[4];
-        for (int j = 0; j < 4; ++j) cc[j] = joinf(c[j][0], c[j][1]);
+        const __m512 m4 = joinf(m4h[0], m4h[1]);
+        __m512 ff[4];
+        for (int j = 0; j < 4; ++j) ff[j] = joinf(f[j][0], f[j][1]);
         __m512i isum[NC];
-        for (int n = 0; n < NC; ++n) {
-            const __m256 bs = _mm256_loadu_ps(reinterpret_cast<const float*>(acts[n] + ibl * act::kQ8KBytes + act::kQ8KBsums));
-            acc[n] = _mm512_fmadd_ps(cc[0], joinf(_mm256_shuffle_ps(bs, bs, 0x00), _mm256_shuffle_ps(bs, bs, 0x00)), acc[n]);
-            acc[n] = _mm512_fmadd_ps(cc[1], joinf(_mm256_shuffle_ps(bs, bs, 0x55), _mm256_shuffle_ps(bs, bs, 0x55)), acc[n]);
-            acc[n] = _mm512_fmadd_ps(cc[2], joinf(_mm256_shuffle_ps(bs, bs, 0xaa), _mm256_shuffle_ps(bs, bs, 0xaa)), acc[n]);
-            acc[n] = _mm512_fmadd_ps(cc[3], joinf(_mm256_shuffle_ps(bs, bs, 0xff), _mm256_shuffle_ps(bs, bs, 0xff)), acc[n]);
-            isum[n] = _mm512_setzero_si512();
+        if constexpr (One) {
+            // sum_j min_j * bsum_j first, times -dmin once (process_min_r4_b32, nrc_y == 1)
+            const __m256 bs = _mm256_loadu_ps(reinterpret_cast<const float*>(acts[0] + ibl * act::kQ8KBytes + act::kQ8KBsums));
+            __m512 sm = _mm512_mul_ps(ff[0], joinf(_mm256_shuffle_ps(bs, bs, 0x00), _mm256_shuffle_ps(bs, bs, 0x00)));
+            sm = _mm512_fmadd_ps(ff[1], joinf(_mm256_shuffle_ps(bs, bs, 0x55), _mm256_shuffle_ps(bs, bs, 0x55)), sm);
+            sm = _mm512_fmadd_ps(ff[2], joinf(_mm256_shuffle_ps(bs, bs, 0xaa), _mm256_shuffle_ps(bs, bs, 0xaa)), sm);
+            sm = _mm512_fmadd_ps(ff[3], joinf(_mm256_shuffle_ps(bs, bs, 0xff), _mm256_shuffle_ps(bs, bs, 0xff)), sm);
+            acc[0] = _mm512_fmadd_ps(m4, sm, acc[0]);
+            isum[0] = _mm512_setzero_si512();
+        } else {
+            __m512 cc[4];
+            for (int j = 0; j < 4; ++j) cc[j] = _mm512_mul_ps(m4, ff[j]);
+            for (int n = 0; n < NC; ++n) {
+                const __m256 bs = _mm256_loadu_ps(reinterpret_cast<const float*>(acts[n] + ibl * act::kQ8KBytes + act::kQ8KBsums));
+                acc[n] = _mm512_fmadd_ps(cc[0], joinf(_mm256_shuffle_ps(bs, bs, 0x00), _mm256_shuffle_ps(bs, bs, 0x00)), acc[n]);
+                acc[n] = _mm512_fmadd_ps(cc[1], joinf(_mm256_shuffle_ps(bs, bs, 0x55), _mm256_shuffle_ps(bs, bs, 0x55)), acc[n]);
+                acc[n] = _mm512_fmadd_ps(cc[2], joinf(_mm256_shuffle_ps(bs, bs, 0xaa), _mm256_shuffle_ps(bs, bs, 0xaa)), acc[n]);
+                acc[n] = _mm512_fmadd_ps(cc[3], joinf(_mm256_shuffle_ps(bs, bs, 0xff), _mm256_shuffle_ps(bs, bs, 0xff)), acc[n]);
+                isum[n] = _mm512_setzero_si512();
+            }
         }
         for (int ib = 0; ib < 8; ++ib) {
             const __m512i sc = join(_mm256_cvtepu8_epi32(_mm_set1_epi32((int)hd[0][ib])), _mm256_cvtepu8_epi32(_mm_set1_epi32((int)hd[1][ib])));
@@ -330,30 +344,30 @@ void q45_r4_pair(const GemmArgs& g, int64_t n0, int64_t grp) {
     }
 }
 
-template <int kind, int NC>
+template <int kind, int NC, bool One = false>
 void q45_r4_any(const GemmArgs& g, int64_t n0) {
     const int64_t ngroups = g.nrows / 4;
     int64_t grp = 0;
-    for (; grp + 2 <= ngroups; grp += 2) q45_r4_pair<kind, NC>(g, n0, grp);
+    for (; grp + 2 <= ngroups; grp += 2) q45_r4_pair<kind, NC, One>(g, n0, grp);
     if (grp < ngroups) {
         GemmArgs last = g;
         last.W = g.W + grp * g.w_group_bytes;
         last.nrows = 4;
         last.C = g.C + grp * 4;
-        kq_direct::gemm_q45_r4_cols<kind, NC>(last, n0);
+        kq_direct::gemm_q45_r4_cols<kind, NC, One>(last, n0);
     }
 }
 
 void gemm_q4_k_r4(const GemmArgs& g) {
     static const ColsFn fns[] = {nullptr, q45_r4_any<0, 1>, q45_r4_any<0, 2>, q45_r4_any<0, 3>, q45_r4_any<0, 4>};
-    for_column_chunks(g, fns, 4);
+    for_column_chunks(g, fns, 4, q45_r4_any<0, 1, true>);
 }
 void gemm_q5_k_r4(const GemmArgs& g) {
     static const ColsFn fns[] = {nullptr, q45_r4_any<1, 1>, q45_r4_any<1, 2>, q45_r4_any<1, 3>, q45_r4_any<1, 4>};
-    for_column_chunks(g, fns, 4);
+    for_column_chunks(g, fns, 4, q45_r4_any<1, 1, true>);
 }
 
-template <int NC>
+template <int NC, bool One = false>  // One: ik's one-column order (d * d_act first)
 void q6_r4_pair(const GemmArgs& g, int64_t n0, int64_t grp) {
     using namespace kq;
     const int64_t nb = g.K / kSuper;
@@ -383,7 +397,8 @@ void q6_r4_pair(const GemmArgs& g, int64_t n0, int64_t grp) {
             sv[2][p] = _mm256_permute2x128_si256(t[1], t[3], 0x20);
             sv[3][p] = _mm256_permute2x128_si256(t[1], t[3], 0x31);
         }
-        const __m512 d4 = joinf(d4h[0], d4h[1]);
+        const __m512 d4 = One ? _mm512_mul_ps(joinf(d4h[0], d4h[1]), _mm512_set1_ps(rd_f32(acts[0] + ibl * act::kQ8KBytes + act::kQ8KD)))
+                              : joinf(d4h[0], d4h[1]);
         const __m512 mn = _mm512_mul_ps(d4, _mm512_set1_ps(-32.0f));
         __m512i s[4];
         for (int j = 0; j < 4; ++j) s[j] = join(sv[j][0], sv[j][1]);
@@ -395,7 +410,7 @@ void q6_r4_pair(const GemmArgs& g, int64_t n0, int64_t grp) {
             sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(s[2], _mm512_shuffle_epi32(bsums, _MM_PERM_CCCC)));
             sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(s[3], _mm512_shuffle_epi32(bsums, _MM_PERM_DDDD)));
             const float dA = rd_f32(acts[n] + ibl * act::kQ8KBytes + act::kQ8KD);
-            acc[n] = _mm512_fmadd_ps(_mm512_mul_ps(mn, _mm512_set1_ps(dA)), _mm512_cvtepi32_ps(sumi), acc[n]);
+            acc[n] = _mm512_fmadd_ps(One ? mn : _mm512_mul_ps(mn, _mm512_set1_ps(dA)), _mm512_cvtepi32_ps(sumi), acc[n]);
         }
         for (int ib = 0; ib < 8; ++ib) {
             const __m512i isc = join(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(x[0] + kQ6R4Scales + 8 * ib))),
@@ -416,7 +431,7 @@ void q6_r4_pair(const GemmArgs& g, int64_t n0, int64_t grp) {
                 sm = _mm512_dpbusd_epi32(sm, qx[2], _mm512_shuffle_epi32(y, _MM_PERM_CCCC));
                 sm = _mm512_dpbusd_epi32(sm, qx[3], _mm512_shuffle_epi32(y, _MM_PERM_DDDD));
                 const float dA = rd_f32(acts[n] + ibl * act::kQ8KBytes + act::kQ8KD);
-                acc[n] = _mm512_fmadd_ps(_mm512_mul_ps(scales, _mm512_set1_ps(dA)), _mm512_cvtepi32_ps(sm), acc[n]);
+                acc[n] = _mm512_fmadd_ps(One ? scales : _mm512_mul_ps(scales, _mm512_set1_ps(dA)), _mm512_cvtepi32_ps(sm), acc[n]);
             }
         }
     }
@@ -428,23 +443,23 @@ void q6_r4_pair(const GemmArgs& g, int64_t n0, int64_t grp) {
     }
 }
 
-template <int NC>
+template <int NC, bool One = false>
 void q6_r4_any(const GemmArgs& g, int64_t n0) {
     const int64_t ngroups = g.nrows / 4;
     int64_t grp = 0;
-    for (; grp + 2 <= ngroups; grp += 2) q6_r4_pair<NC>(g, n0, grp);
+    for (; grp + 2 <= ngroups; grp += 2) q6_r4_pair<NC, One>(g, n0, grp);
     if (grp < ngroups) {
         GemmArgs last = g;
         last.W = g.W + grp * g.w_group_bytes;
         last.nrows = 4;
         last.C = g.C + grp * 4;
-        kq_direct::gemm_q6_r4_cols<NC>(last, n0);
+        kq_direct::gemm_q6_r4_cols<NC, One>(last, n0);
     }
 }
 
 void gemm_q6_k_r4(const GemmArgs& g) {
     static const ColsFn fns[] = {nullptr, q6_r4_any<1>, q6_r4_any<2>, q6_r4_any<3>, q6_r4_any<4>};
-    for_column_chunks(g, fns, 4);
+    for_column_chunks(g, fns, 4, q6_r4_any<1, true>);
 }
 
 }  // namespace
