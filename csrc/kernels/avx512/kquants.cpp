@@ -243,7 +243,7 @@ inline __m512i join(__m256i a, __m256i b) { return _mm512_inserti64x4(_mm512_cas
 inline __m512 joinf(__m256 a, __m256 b) { return _mm512_insertf32x8(_mm512_castps256_ps512(a), b, 1); }
 
 template <int kind, int NC, bool One = false>  // 0: q4_k_r4, 1: q5_k_r4; One: ik's one-column order
-void q45_r4_pair(const GemmArgs& g, int64_t n0, int64_t grp) {
+void q45_r4_pair(const GemmArgs& g, int64_t n0, int64_t grp, int64_t grp2) {
     using namespace kq;
     const int64_t nb = g.K / kSuper;
     const int bytes = kind == 0 ? kQ4R4Bytes : kQ5R4Bytes;
@@ -252,7 +252,7 @@ void q45_r4_pair(const GemmArgs& g, int64_t n0, int64_t grp) {
     const __m512i mf5 = _mm512_set1_epi8(0xf), m10 = _mm512_set1_epi8(0x10);
     const uint8_t* acts[NC];
     for (int n = 0; n < NC; ++n) acts[n] = g.A + (n0 + n) * g.a_row_bytes;
-    const uint8_t* w[2] = {g.W + grp * g.w_group_bytes, g.W + (grp + 1) * g.w_group_bytes};
+    const uint8_t* w[2] = {g.W + grp * g.w_group_bytes, g.W + grp2 * g.w_group_bytes};
     __m512 acc[NC];
     for (int n = 0; n < NC; ++n) acc[n] = _mm512_setzero_ps();
     for (int64_t ibl = 0; ibl < nb; ++ibl) {
@@ -260,8 +260,8 @@ void q45_r4_pair(const GemmArgs& g, int64_t n0, int64_t grp) {
         __m256 d4h[2], m4h[2], f[4][2];
         alignas(32) uint32_t hd[2][8];
         for (int p = 0; p < 2; ++p) {
-            _mm_prefetch((const char*)(x[p] + bytes), _MM_HINT_T0);
-            _mm_prefetch((const char*)(x[p] + bytes + 64), _MM_HINT_T0);
+            // Two streams (see q45_r4_any): fetch whole super-blocks ahead of both.
+            for (int l = 0; l < bytes; l += 64) _mm_prefetch((const char*)(x[p] + 8 * bytes + l), _MM_HINT_T0);
             const __m256 dl = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x[p])));
             d4h[p] = _mm256_permute2f128_ps(dl, dl, 0x00);
             m4h[p] = _mm256_mul_ps(_mm256_set1_ps(-1.0f), _mm256_permute2f128_ps(dl, dl, 0x11));
@@ -337,18 +337,23 @@ void q45_r4_pair(const GemmArgs& g, int64_t n0, int64_t grp) {
         }
     }
     for (int n = 0; n < NC; ++n) {
-        float* out = g.C + (n0 + n) * g.ldc + grp * 4;
+        float* out = g.C + (n0 + n) * g.ldc;
         const __m256 lo = _mm512_castps512_ps256(acc[n]), hi = _mm512_extractf32x8_ps(acc[n], 1);
-        _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(lo), _mm256_extractf128_ps(lo, 1)));
-        _mm_storeu_ps(out + 4, _mm_add_ps(_mm256_castps256_ps128(hi), _mm256_extractf128_ps(hi, 1)));
+        _mm_storeu_ps(out + grp * 4, _mm_add_ps(_mm256_castps256_ps128(lo), _mm256_extractf128_ps(lo, 1)));
+        _mm_storeu_ps(out + grp2 * 4, _mm_add_ps(_mm256_castps256_ps128(hi), _mm256_extractf128_ps(hi, 1)));
     }
 }
 
 template <int kind, int NC, bool One = false>
 void q45_r4_any(const GemmArgs& g, int64_t n0) {
     const int64_t ngroups = g.nrows / 4;
-    int64_t grp = 0;
-    for (; grp + 2 <= ngroups; grp += 2) q45_r4_pair<kind, NC, One>(g, n0, grp);
+    // Groups j and j + half share a register: the two halves of the tile are two long
+    // sequential streams. (Pairing neighbouring groups made every group a stream of its own,
+    // 4 * 144 * K / 256 bytes, which the hardware prefetcher restarts on: cold GEMV at half
+    // the DRAM bandwidth.)
+    const int64_t half = ngroups / 2;
+    for (int64_t j = 0; j < half; ++j) q45_r4_pair<kind, NC, One>(g, n0, j, j + half);
+    const int64_t grp = 2 * half;
     if (grp < ngroups) {
         GemmArgs last = g;
         last.W = g.W + grp * g.w_group_bytes;
@@ -368,7 +373,7 @@ void gemm_q5_k_r4(const GemmArgs& g) {
 }
 
 template <int NC, bool One = false>  // One: ik's one-column order (d * d_act first)
-void q6_r4_pair(const GemmArgs& g, int64_t n0, int64_t grp) {
+void q6_r4_pair(const GemmArgs& g, int64_t n0, int64_t grp, int64_t grp2) {
     using namespace kq;
     const int64_t nb = g.K / kSuper;
     const __m512i m4b = _mm512_set1_epi8(0xf), m3 = _mm512_set1_epi8(0x30);
@@ -376,7 +381,7 @@ void q6_r4_pair(const GemmArgs& g, int64_t n0, int64_t grp) {
                                            12, 13, 6, 7, 14, 15);
     const uint8_t* acts[NC];
     for (int n = 0; n < NC; ++n) acts[n] = g.A + (n0 + n) * g.a_row_bytes;
-    const uint8_t* w[2] = {g.W + grp * g.w_group_bytes, g.W + (grp + 1) * g.w_group_bytes};
+    const uint8_t* w[2] = {g.W + grp * g.w_group_bytes, g.W + grp2 * g.w_group_bytes};
     __m512 acc[NC];
     for (int n = 0; n < NC; ++n) acc[n] = _mm512_setzero_ps();
     for (int64_t ibl = 0; ibl < nb; ++ibl) {
@@ -384,8 +389,7 @@ void q6_r4_pair(const GemmArgs& g, int64_t n0, int64_t grp) {
         __m256 d4h[2];
         __m256i sv[4][2];
         for (int p = 0; p < 2; ++p) {
-            _mm_prefetch((const char*)(x[p] + kQ6R4Bytes), _MM_HINT_T0);
-            _mm_prefetch((const char*)(x[p] + kQ6R4Bytes + 64), _MM_HINT_T0);
+            for (int l = 0; l < kQ6R4Bytes; l += 64) _mm_prefetch((const char*)(x[p] + 8 * kQ6R4Bytes + l), _MM_HINT_T0);
             const __m128 dl = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(x[p])));
             d4h[p] = _mm256_set_m128(dl, dl);
             const uint8_t* sc = x[p] + kQ6R4Scales;
@@ -436,18 +440,23 @@ void q6_r4_pair(const GemmArgs& g, int64_t n0, int64_t grp) {
         }
     }
     for (int n = 0; n < NC; ++n) {
-        float* out = g.C + (n0 + n) * g.ldc + grp * 4;
+        float* out = g.C + (n0 + n) * g.ldc;
         const __m256 lo = _mm512_castps512_ps256(acc[n]), hi = _mm512_extractf32x8_ps(acc[n], 1);
-        _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(lo), _mm256_extractf128_ps(lo, 1)));
-        _mm_storeu_ps(out + 4, _mm_add_ps(_mm256_castps256_ps128(hi), _mm256_extractf128_ps(hi, 1)));
+        _mm_storeu_ps(out + grp * 4, _mm_add_ps(_mm256_castps256_ps128(lo), _mm256_extractf128_ps(lo, 1)));
+        _mm_storeu_ps(out + grp2 * 4, _mm_add_ps(_mm256_castps256_ps128(hi), _mm256_extractf128_ps(hi, 1)));
     }
 }
 
 template <int NC, bool One = false>
 void q6_r4_any(const GemmArgs& g, int64_t n0) {
     const int64_t ngroups = g.nrows / 4;
-    int64_t grp = 0;
-    for (; grp + 2 <= ngroups; grp += 2) q6_r4_pair<NC, One>(g, n0, grp);
+    // Groups j and j + half share a register: the two halves of the tile are two long
+    // sequential streams. (Pairing neighbouring groups made every group a stream of its own,
+    // 4 * 144 * K / 256 bytes, which the hardware prefetcher restarts on: cold GEMV at half
+    // the DRAM bandwidth.)
+    const int64_t half = ngroups / 2;
+    for (int64_t j = 0; j < half; ++j) q6_r4_pair<NC, One>(g, n0, j, j + half);
+    const int64_t grp = 2 * half;
     if (grp < ngroups) {
         GemmArgs last = g;
         last.W = g.W + grp * g.w_group_bytes;
