@@ -7,6 +7,7 @@
 #include "common.h"
 #include "formats/act.h"
 #include "formats/q8_0.h"
+#include "formats/qhelper.h"
 #include "types.h"
 
 #include <cmath>
@@ -365,27 +366,6 @@ float make_qp_quants(int n, int nmax, const float* x, uint8_t* L, const float* q
         if (!n_changed) break;
     }
     return sumlx / suml2;
-}
-
-// QHelper of quantize_repack (docs/formats.md, "k-quants: interleaved twins"): per row and
-// block of bs columns, the imatrix weights are kept unless the block is degenerate, else
-// they all become 1e-9.
-void qhelper_weights(const float* imatrix, const float* x, int64_t K, int bs, float* out) {
-    const float eps = 1e-9f;
-    const float eps2 = eps * eps;
-    const float thr = (float)bs * eps2;
-    for (int64_t b = 0; b < K / bs; ++b) {
-        const float* w = imatrix + b * bs;
-        const float* xb = x + b * bs;
-        float sw2 = 0.0f, sx2 = 0.0f, swx = 0.0f;
-        for (int j = 0; j < bs; ++j) {
-            sw2 += w[j] * w[j];
-            sx2 += xb[j] * xb[j];
-            swx += w[j] * fabsf_(xb[j]);
-        }
-        const bool keep = sw2 > thr && sx2 > thr && swx > thr;
-        for (int j = 0; j < bs; ++j) out[b * bs + j] = keep ? w[j] : eps;
-    }
 }
 
 // ------------------------------------------------------------------------------ q6_K
@@ -1023,7 +1003,7 @@ void quantize_r4(const float* src, uint8_t* dst, int64_t nrows, int64_t K, const
             const float* x = src + (g * 4 + k) * K;
             const float* w = nullptr;
             if (imatrix) {
-                qhelper_weights(imatrix, x, K, kind == K6 ? 16 : 32, qw.data());
+                qhelper_row_weights(imatrix, x, K, kind == K6 ? 16 : 32, qw.data());  // QHelper
                 w = qw.data();
             }
             if (kind == K4) quantize_q4_K(x, tmp.data() + k * rb, 1, K, w);

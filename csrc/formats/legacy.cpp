@@ -470,8 +470,7 @@ void quantize_twin(const float* src, uint8_t* dst, int64_t nrows, int64_t K, con
             const float* x = src + (g * G + k) * K;
             const float* qw = imatrix;
             if (qhelper) {
-                for (int64_t b = 0; b < K / kBlock; ++b)
-                    qhelper_block(imatrix + b * kBlock, x + b * kBlock, w.data() + b * kBlock);
+                qhelper_row_weights(imatrix, x, K, kBlock, w.data());
                 qw = w.data();
             }
             base(x, tmp.data() + k * rb, 1, K, qw);
