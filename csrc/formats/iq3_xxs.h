@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "common.h"
+#include "formats/qhelper.h"
 
 namespace iqkq {
 namespace iq3 {
@@ -151,24 +152,6 @@ static inline void grid_levels(int gi, int8_t* L) {
 static inline int level_of(float id, float v) {
     const int l = nearest_int(0.5f * (id * v - 1.0f));
     return l < 0 ? 0 : (l > 7 ? 7 : l);
-}
-
-// The importance-matrix preprocessing of iq3_xxs_r4 (QHelper, docs/formats.md §6.3, block 32):
-// for each 32-block of the row, keep the imatrix weights unless one of sum(W^2), sum(x^2),
-// sum(W*|x|) is <= 32 * 1e-9^2, in which case all 32 weights become 1e-9.
-static inline void qhelper_block(const float* imatrix, const float* x, float* out) {
-    const float eps = 1e-9f;
-    const float eps2 = eps * eps;
-    const float thr = 32.0f * eps2;
-    float sw2 = 0.0f, sx2 = 0.0f, swx = 0.0f;
-    for (int j = 0; j < 32; ++j) {
-        const float w = imatrix[j];
-        sw2 = sw2 + w * w;
-        sx2 = sx2 + x[j] * x[j];
-        swx = swx + w * fabsf_(x[j]);
-    }
-    const bool keep = sw2 > thr && sx2 > thr && swx > thr;
-    for (int j = 0; j < 32; ++j) out[j] = keep ? imatrix[j] : eps;
 }
 
 // Re-encoded sas word of iq3_xxs_r4 from an iq3_xxs sas word: byte m = (scrambled(s_m) << 1)

@@ -7,6 +7,8 @@
 #include "common.h"
 #include "formats/act.h"
 #include "formats/q8_0.h"
+#include "formats/qhelper.h"
+#include "formats/quant_common.h"
 #include "types.h"
 
 #include <cmath>
@@ -17,104 +19,7 @@ namespace {
 
 using namespace kq;
 
-constexpr float kGroupMaxEps = 1e-15f;
-
-static inline int clampi(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
-
 // ------------------------------------------------------------------------- scale searches
-// make_qx_quants with rmse_type 1 (weights qw, or x^2 without an imatrix): the symmetric
-// search of q6_K (docs/formats.md, "k-quants: quantization"). L receives l + nmax.
-float make_qx_quants(int n, int nmax, const float* x, int8_t* L, const float* qw) {
-    float max = 0.0f, amax = 0.0f;
-    for (int i = 0; i < n; ++i) {
-        const float ax = fabsf_(x[i]);
-        if (ax > amax) {
-            amax = ax;
-            max = x[i];
-        }
-    }
-    if (amax < kGroupMaxEps) {
-        for (int i = 0; i < n; ++i) L[i] = 0;
-        return 0.0f;
-    }
-    auto wt = [&](int i) { return qw ? qw[i] : x[i] * x[i]; };
-    float iscale = (float)(-nmax) / max;
-    float sumlx = 0.0f, suml2 = 0.0f;
-    for (int i = 0; i < n; ++i) {
-        int l = nearest_int(iscale * x[i]);
-        l = clampi(l, -nmax, nmax - 1);
-        L[i] = (int8_t)(l + nmax);
-        const float w = wt(i);
-        sumlx += (w * x[i]) * (float)l;
-        suml2 += (w * (float)l) * (float)l;
-    }
-    float scale = suml2 != 0.0f ? sumlx / suml2 : 0.0f;
-    float best = scale * sumlx;
-    float best_sumlx = sumlx, best_suml2 = suml2;
-    for (int is = -9; is <= 9; ++is) {
-        for (int pass = 0; pass < 2; ++pass) {
-            iscale = pass == 0 ? -((float)nmax + 0.1f * (float)is) / max : ((float)(nmax - 1) + 0.1f * (float)is) / max;
-            sumlx = suml2 = 0.0f;
-            for (int i = 0; i < n; ++i) {
-                int l = nearest_int(iscale * x[i]);
-                l = clampi(l, -nmax, nmax - 1);
-                const float w = wt(i);
-                sumlx += (w * x[i]) * (float)l;
-                suml2 += (w * (float)l) * (float)l;
-            }
-            if (suml2 > 0.0f && sumlx * sumlx > best * suml2) {
-                for (int i = 0; i < n; ++i) L[i] = (int8_t)(nmax + clampi(nearest_int(iscale * x[i]), -nmax, nmax - 1));
-                scale = sumlx / suml2;
-                best = scale * sumlx;
-                best_sumlx = sumlx;
-                best_suml2 = suml2;
-            }
-        }
-    }
-    sumlx = best_sumlx;
-    suml2 = best_suml2;
-    for (int iter = 0; iter < n * (2 * nmax - 1); ++iter) {
-        float abs_gmax = 0.0f, gmax = 0.0f;
-        int best_j = -1;
-        for (int j = 0; j < n; ++j) {
-            const float w = wt(j);
-            const int l = L[j] - nmax;
-            const float g = (scale * w) * (x[j] - scale * (float)l);
-            if ((g > 0.0f && l < nmax - 1) || (g < 0.0f && l > -nmax)) {
-                const float ag = fabsf_(g);
-                if (ag > abs_gmax) {
-                    abs_gmax = ag;
-                    gmax = g;
-                    best_j = j;
-                }
-            }
-        }
-        if (best_j < 0) break;
-        float new_sumlx = sumlx, new_suml2 = suml2;
-        const float w = wt(best_j);
-        int l = L[best_j] - nmax;
-        if (gmax > 0.0f) {
-            new_sumlx += w * x[best_j];
-            new_suml2 += w * (float)(2 * l + 1);
-            l += 1;
-        } else {
-            new_sumlx -= w * x[best_j];
-            new_suml2 -= w * (float)(2 * l - 1);
-            l -= 1;
-        }
-        if (new_suml2 > 0.0f && new_sumlx * new_sumlx > best * new_suml2) {
-            sumlx = new_sumlx;
-            suml2 = new_suml2;
-            scale = sumlx / suml2;
-            best = scale * sumlx;
-            L[best_j] = (int8_t)(l + nmax);
-        } else {
-            break;
-        }
-    }
-    return scale;
-}
-
 // make_qkx2_quants (float sums, squared error): the asymmetric search of q4_K / q5_K without
 // an imatrix. Returns the scale, *the_min receives -min.
 float make_qkx2_quants(int n, int nmax, const float* x, const float* weights, uint8_t* L, float* the_min,
@@ -365,27 +270,6 @@ float make_qp_quants(int n, int nmax, const float* x, uint8_t* L, const float* q
         if (!n_changed) break;
     }
     return sumlx / suml2;
-}
-
-// QHelper of quantize_repack (docs/formats.md, "k-quants: interleaved twins"): per row and
-// block of bs columns, the imatrix weights are kept unless the block is degenerate, else
-// they all become 1e-9.
-void qhelper_weights(const float* imatrix, const float* x, int64_t K, int bs, float* out) {
-    const float eps = 1e-9f;
-    const float eps2 = eps * eps;
-    const float thr = (float)bs * eps2;
-    for (int64_t b = 0; b < K / bs; ++b) {
-        const float* w = imatrix + b * bs;
-        const float* xb = x + b * bs;
-        float sw2 = 0.0f, sx2 = 0.0f, swx = 0.0f;
-        for (int j = 0; j < bs; ++j) {
-            sw2 += w[j] * w[j];
-            sx2 += xb[j] * xb[j];
-            swx += w[j] * fabsf_(xb[j]);
-        }
-        const bool keep = sw2 > thr && sx2 > thr && swx > thr;
-        for (int j = 0; j < bs; ++j) out[b * bs + j] = keep ? w[j] : eps;
-    }
 }
 
 // ------------------------------------------------------------------------------ q6_K
@@ -1023,7 +907,7 @@ void quantize_r4(const float* src, uint8_t* dst, int64_t nrows, int64_t K, const
             const float* x = src + (g * 4 + k) * K;
             const float* w = nullptr;
             if (imatrix) {
-                qhelper_weights(imatrix, x, K, kind == K6 ? 16 : 32, qw.data());
+                qhelper_row_weights(imatrix, x, K, kind == K6 ? 16 : 32, qw.data());  // QHelper
                 w = qw.data();
             }
             if (kind == K4) quantize_q4_K(x, tmp.data() + k * rb, 1, K, w);

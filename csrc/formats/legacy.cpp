@@ -6,6 +6,7 @@
 
 #include "common.h"
 #include "formats/act.h"
+#include "formats/quant_common.h"
 #include "types.h"
 
 #include <cmath>
@@ -17,8 +18,6 @@ namespace {
 using namespace legacy;
 
 // ------------------------------------------------------------------ quantizers (model files)
-constexpr float kGroupMaxEps = 1e-15f;
-
 // The "_ref" quantizers of q4_0 / q5_0 (no imatrix): d = max / -nmax (max = the value of
 // largest magnitude, first one on ties), codes min(2 nmax - 1, (int8)(x / d + nmax + 0.5)).
 template <int kNmax>
@@ -38,96 +37,6 @@ void ref_block(const float* x, float* d_out, uint8_t codes[32]) {
         codes[j] = (uint8_t)(v < 2 * kNmax - 1 ? v : 2 * kNmax - 1);
     }
     *d_out = d;
-}
-
-// ggml's make_qx_quants with rmse_type 1 and weights (docs/formats.md, "make_qx_quants"):
-// codes L in [0, 2 nmax), returns the scale.
-float make_qx_quants(int nmax, const float* x, uint8_t* L, const float* w) {
-    const int n = 32;
-    float max = 0.0f, amax = 0.0f;
-    for (int i = 0; i < n; ++i) {
-        const float ax = fabsf_(x[i]);
-        if (ax > amax) {
-            amax = ax;
-            max = x[i];
-        }
-    }
-    if (amax < kGroupMaxEps) {
-        for (int i = 0; i < n; ++i) L[i] = 0;
-        return 0.0f;
-    }
-    auto clampl = [nmax](int l) { return l < -nmax ? -nmax : (l > nmax - 1 ? nmax - 1 : l); };
-    float iscale = (float)(-nmax) / max;
-    float sumlx = 0.0f, suml2 = 0.0f;
-    for (int i = 0; i < n; ++i) {
-        const int l = clampl(nearest_int(iscale * x[i]));
-        L[i] = (uint8_t)(l + nmax);
-        sumlx = sumlx + (w[i] * x[i]) * (float)l;
-        suml2 = suml2 + (w[i] * (float)l) * (float)l;
-    }
-    float scale = suml2 != 0.0f ? sumlx / suml2 : 0.0f;
-    float best = scale * sumlx;
-    float best_sumlx = sumlx, best_suml2 = suml2;
-    auto trial = [&](float is) {
-        float slx = 0.0f, sl2 = 0.0f;
-        for (int i = 0; i < n; ++i) {
-            const int l = clampl(nearest_int(is * x[i]));
-            slx = slx + (w[i] * x[i]) * (float)l;
-            sl2 = sl2 + (w[i] * (float)l) * (float)l;
-        }
-        if (sl2 > 0.0f && slx * slx > best * sl2) {
-            for (int i = 0; i < n; ++i) L[i] = (uint8_t)(nmax + clampl(nearest_int(is * x[i])));
-            scale = slx / sl2;
-            best = scale * slx;
-            best_sumlx = slx;
-            best_suml2 = sl2;
-        }
-    };
-    for (int is = -9; is <= 9; ++is) {
-        trial(-((float)nmax + 0.1f * (float)is) / max);
-        trial(((float)(nmax - 1) + 0.1f * (float)is) / max);
-    }
-    sumlx = best_sumlx;
-    suml2 = best_suml2;
-    for (int iter = 0; iter < n * (2 * nmax - 1); ++iter) {
-        float abs_gmax = 0.0f, gmax = 0.0f;
-        int best_j = -1;
-        for (int j = 0; j < n; ++j) {
-            const int l = L[j] - nmax;
-            const float g = (scale * w[j]) * (x[j] - scale * (float)l);
-            if ((g > 0.0f && l < nmax - 1) || (g < 0.0f && l > -nmax)) {
-                const float ag = fabsf_(g);
-                if (ag > abs_gmax) {
-                    abs_gmax = ag;
-                    gmax = g;
-                    best_j = j;
-                }
-            }
-        }
-        if (best_j < 0) break;
-        float new_sumlx = sumlx, new_suml2 = suml2;
-        const float wj = w[best_j];
-        int l = L[best_j] - nmax;
-        if (gmax > 0.0f) {
-            new_sumlx = new_sumlx + wj * x[best_j];
-            new_suml2 = new_suml2 + wj * (float)(2 * l + 1);
-            l += 1;
-        } else {
-            new_sumlx = new_sumlx - wj * x[best_j];
-            new_suml2 = new_suml2 - wj * (float)(2 * l - 1);
-            l -= 1;
-        }
-        if (new_suml2 > 0.0f && new_sumlx * new_sumlx > best * new_suml2) {
-            sumlx = new_sumlx;
-            suml2 = new_suml2;
-            scale = sumlx / suml2;
-            best = scale * sumlx;
-            L[best_j] = (uint8_t)(l + nmax);
-        } else {
-            break;
-        }
-    }
-    return scale;
 }
 
 // sigma^2 of a row for the imatrix weights: sum(x^2) / K.
@@ -184,7 +93,7 @@ void quantize_q40_q50(const float* src, uint8_t* dst, int64_t nrows, int64_t K, 
             } else {
                 float w[32];
                 imatrix_weights(imatrix + b * kBlock, x + b * kBlock, sigma2, w);
-                d = make_qx_quants(kNmax, x + b * kBlock, L, w);
+                d = make_qx_quants(kBlock, kNmax, x + b * kBlock, L, w);
             }
             Write(o + b * kBytes, d, L);
         }
@@ -212,7 +121,7 @@ void quantize_q6_0(const float* src, uint8_t* dst, int64_t nrows, int64_t K, con
             else
                 for (int j = 0; j < 32; ++j) w[j] = xb[j] * xb[j];
             uint8_t L[32];
-            const float d = make_qx_quants(32, xb, L, w);
+            const float d = make_qx_quants(kBlock, 32, xb, L, w);
             write_q6_0(o + b * kQ6Bytes, d, L);
         }
     }
@@ -470,8 +379,7 @@ void quantize_twin(const float* src, uint8_t* dst, int64_t nrows, int64_t K, con
             const float* x = src + (g * G + k) * K;
             const float* qw = imatrix;
             if (qhelper) {
-                for (int64_t b = 0; b < K / kBlock; ++b)
-                    qhelper_block(imatrix + b * kBlock, x + b * kBlock, w.data() + b * kBlock);
+                qhelper_row_weights(imatrix, x, K, kBlock, w.data());
                 qw = w.data();
             }
             base(x, tmp.data() + k * rb, 1, K, qw);

@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "common.h"
+#include "formats/qhelper.h"
 #include "formats/iq4_ks.h"  // the iq4nl codebook (first half of iq4_ks::kValues) and best_index
 #include "types.h"
 
@@ -151,23 +152,6 @@ static inline void r4_codes(int type, const uint8_t* blk, int k, uint8_t u[32]) 
 // float -> int8 as a C `(int8_t)f` compiles on x86 (CVTTSS2SI, then the low byte): NaN and
 // out-of-range values give 0 (the low byte of INT32_MIN).
 static inline int8_t cvtt_i8(float v) { return (int8_t)(uint8_t)(uint32_t)iq4_ks::trunc_cvtt(v); }
-
-// QHelper (NOTES.md §8) for one 32-block: the imatrix weights, or 1e-9 for all 32 when one of
-// sum(w^2), sum(x^2), sum(w |x|) is <= 32 * 1e-18.
-static inline void qhelper_block(const float* imatrix, const float* x, float* out) {
-    const float eps = 1e-9f;
-    const float eps2 = eps * eps;
-    const float thr = 32.0f * eps2;
-    float sw2 = 0.0f, sx2 = 0.0f, swx = 0.0f;
-    for (int j = 0; j < 32; ++j) {
-        const float w = imatrix[j];
-        sw2 = sw2 + w * w;
-        sx2 = sx2 + x[j] * x[j];
-        swx = swx + w * fabsf_(x[j]);
-    }
-    const bool keep = sw2 > thr && sx2 > thr && swx > thr;
-    for (int j = 0; j < 32; ++j) out[j] = keep ? imatrix[j] : eps;
-}
 
 }  // namespace legacy
 }  // namespace iqkq

@@ -1,5 +1,5 @@
 // ik_llama.cpp's QHelper (imatrix preprocessing used by the quantizers of iq4_ks, iq4_ks_r4,
-// iq3_xxs_r4, iq4_xs_r8, ...; docs/formats.md "QHelper", NOTES.md §8): per row and block of
+// iq3_xxs_r4, iq4_xs_r8, the legacy and the k-quant twins; docs/formats.md "QHelper", NOTES.md §8): per row and block of
 // `block` columns, keep the imatrix weights unless the block is degenerate, else replace them
 // all by 1e-9. Source: ik_llama.cpp @ 8337e4cd, ggml/src/iqk/iqk_quantize.cpp
 // (`QHelper::row_weights`).

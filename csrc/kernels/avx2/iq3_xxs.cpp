@@ -223,8 +223,7 @@ void quantize_iq3_xxs_r4(const float* src, uint8_t* dst, int64_t nrows, int64_t 
             reset_row(st);
             for (int64_t i = 0; i < nbl; ++i) {
                 float qw[kQK];
-                if (imatrix)
-                    for (int b = 0; b < 8; ++b) qhelper_block(imatrix + i * kQK + 32 * b, x + i * kQK + 32 * b, qw + 32 * b);
+                if (imatrix) qhelper_row_weights(imatrix + i * kQK, x + i * kQK, kQK, 32, qw);  // QHelper, blocks of 32
                 uint8_t blk[kBytes];
                 quantize_superblock(x + i * kQK, imatrix ? qw : nullptr, blk, st);
                 scatter_to_r4(blk, dst + (g * nbl + i) * kR4Bytes, r);

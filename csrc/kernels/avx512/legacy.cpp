@@ -315,18 +315,7 @@ void gemm_q4_0_r8_cols(const GemmArgs& g, int64_t n0) {
 void gemm_q4_0_r8(const GemmArgs& g) {
     static const ColsFn fns[] = {nullptr, gemm_q4_0_r8_cols<1, false>, gemm_q4_0_r8_cols<2, false>,
                                  gemm_q4_0_r8_cols<3, false>, gemm_q4_0_r8_cols<4, false>};
-    if (g.single_col < 0) {
-        for_column_chunks(g, fns, 4);
-        return;
-    }
-    GemmArgs h = g;
-    h.ncols = g.single_col;
-    if (h.ncols > 0) for_column_chunks(h, fns, 4);
-    gemm_q4_0_r8_cols<1, true>(g, g.single_col);
-    h.A = g.A + (g.single_col + 1) * g.a_row_bytes;
-    h.C = g.C + (g.single_col + 1) * g.ldc;
-    h.ncols = g.ncols - g.single_col - 1;
-    if (h.ncols > 0) for_column_chunks(h, fns, 4);
+    for_column_chunks(g, fns, 4, gemm_q4_0_r8_cols<1, true>);
 }
 
 }  // namespace
