@@ -10,7 +10,7 @@ import iqkq
 from iqkq import _core
 from conftest import ISAS, with_isa
 
-# kvalues_iq4nl (docs/formats/iq4_xs.md)
+# kvalues_iq4nl (docs/formats.md §17)
 GRID = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.int32)
 
 

@@ -234,7 +234,7 @@ def _scales_mins(s):
 
 
 def _unpacked_levels(one):
-    """The unsigned levels of a one-super-block tensor (docs/formats/kquants.md, layouts)."""
+    """The unsigned levels of a one-super-block tensor (docs/formats.md §16, layouts)."""
     name = one.qtype
     blk = one.data
     L = np.zeros(256, np.int64)
