@@ -3,6 +3,7 @@
 // large-batch conversion and the scalar twins of ik_llama.cpp's AVX2 kernels, in their float
 // order (docs/formats.md, "Legacy 32-blocks").
 #include "formats/legacy.h"
+#include "formats/r8_dwords.h"
 
 #include "common.h"
 #include "formats/act.h"
@@ -253,34 +254,9 @@ void dequantize_base(const uint8_t* src, float* dst, int64_t nrows, int64_t K) {
 
 // ------------------------------------------------------------------ repack (both ways)
 // q4_0 <-> q4_0_r8: qs[32l + 4k + i] = byte 4l + i of row k (l, i < 4).
-void q4_0_to_r8(const uint8_t* src, uint8_t* dst, int64_t nrows, int64_t K) {
-    const int64_t nb = K / kBlock;
-    const size_t row = (size_t)nb * kQ4Bytes;
-    for (int64_t g = 0; g < nrows / 8; ++g) {
-        const uint8_t* s = src + (size_t)g * 8 * row;
-        uint8_t* o = dst + (size_t)g * 8 * row;
-        for (int64_t b = 0; b < nb; ++b, o += kR8Q4Bytes)
-            for (int k = 0; k < 8; ++k) {
-                const uint8_t* blk = s + k * row + b * kQ4Bytes;
-                std::memcpy(o + 2 * k, blk, 2);
-                for (int l = 0; l < 4; ++l) std::memcpy(o + 16 + 32 * l + 4 * k, blk + 2 + 4 * l, 4);
-            }
-    }
-}
-void q4_0_from_r8(const uint8_t* src, uint8_t* dst, int64_t nrows, int64_t K) {
-    const int64_t nb = K / kBlock;
-    const size_t row = (size_t)nb * kQ4Bytes;
-    for (int64_t g = 0; g < nrows / 8; ++g) {
-        const uint8_t* s = src + (size_t)g * 8 * row;
-        uint8_t* o = dst + (size_t)g * 8 * row;
-        for (int64_t b = 0; b < nb; ++b, s += kR8Q4Bytes)
-            for (int k = 0; k < 8; ++k) {
-                uint8_t* blk = o + k * row + b * kQ4Bytes;
-                std::memcpy(blk, s + 2 * k, 2);
-                for (int l = 0; l < 4; ++l) std::memcpy(blk + 2 + 4 * l, s + 16 + 32 * l + 4 * k, 4);
-            }
-    }
-}
+static_assert(2 + 16 == kQ4Bytes && 8 * kQ4Bytes == kR8Q4Bytes, "q4_0_r8: r8_dwords layout");
+void q4_0_to_r8(const uint8_t* src, uint8_t* dst, int64_t nrows, int64_t K) { r8_dwords_to<16>(src, dst, nrows, K); }
+void q4_0_from_r8(const uint8_t* src, uint8_t* dst, int64_t nrows, int64_t K) { r8_dwords_from<16>(src, dst, nrows, K); }
 
 // Codes of a base block in element order (4-bit for q4_0 / iq4_nl, 5 / 6-bit for q5_0 / q6_0).
 template <int kR4Type>

@@ -1,6 +1,7 @@
 // q8_0 (id 8) and q8_0_r8 (id 208): scalar reference quantize / dequantize / repack and the
 // scalar twins of the matmul kernels (docs/formats.md §2, §3, §11.3 A and B).
 #include "formats/q8_0.h"
+#include "formats/r8_dwords.h"
 
 #include "common.h"
 #include "formats/act.h"
@@ -42,37 +43,9 @@ void dequantize_q8_0(const uint8_t* src, float* dst, int64_t nrows, int64_t K) {
 }
 
 // q8_0 rows -> q8_0_r8 groups: d[r] copied, qs[32l + 4r + j] = q_r[4l + j].
-void repack_to_r8(const uint8_t* src, uint8_t* dst, int64_t nrows, int64_t K) {
-    const int64_t nb = K / kBlock;
-    const size_t row = (size_t)nb * kBytes;
-    for (int64_t g = 0; g < nrows / 8; ++g) {
-        const uint8_t* s = src + (size_t)g * 8 * row;
-        uint8_t* o = dst + (size_t)g * 8 * row;
-        for (int64_t b = 0; b < nb; ++b, o += kR8Bytes) {
-            for (int r = 0; r < 8; ++r) {
-                const uint8_t* blk = s + r * row + b * kBytes;
-                std::memcpy(o + 2 * r, blk, 2);
-                for (int l = 0; l < 8; ++l) std::memcpy(o + 16 + 32 * l + 4 * r, blk + 2 + 4 * l, 4);
-            }
-        }
-    }
-}
-
-void repack_from_r8(const uint8_t* src, uint8_t* dst, int64_t nrows, int64_t K) {
-    const int64_t nb = K / kBlock;
-    const size_t row = (size_t)nb * kBytes;
-    for (int64_t g = 0; g < nrows / 8; ++g) {
-        const uint8_t* s = src + (size_t)g * 8 * row;
-        uint8_t* o = dst + (size_t)g * 8 * row;
-        for (int64_t b = 0; b < nb; ++b, s += kR8Bytes) {
-            for (int r = 0; r < 8; ++r) {
-                uint8_t* blk = o + r * row + b * kBytes;
-                std::memcpy(blk, s + 2 * r, 2);
-                for (int l = 0; l < 8; ++l) std::memcpy(blk + 2 + 4 * l, s + 16 + 32 * l + 4 * r, 4);
-            }
-        }
-    }
-}
+static_assert(2 + 32 == kBytes && kBlock == 32, "q8_0_r8: r8_dwords layout");
+void repack_to_r8(const uint8_t* src, uint8_t* dst, int64_t nrows, int64_t K) { r8_dwords_to<32>(src, dst, nrows, K); }
+void repack_from_r8(const uint8_t* src, uint8_t* dst, int64_t nrows, int64_t K) { r8_dwords_from<32>(src, dst, nrows, K); }
 
 void quantize_q8_0_r8(const float* src, uint8_t* dst, int64_t nrows, int64_t K, const float* imatrix) {
     const size_t group = 8 * (size_t)(K / kBlock) * kBytes;
