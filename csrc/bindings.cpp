@@ -64,7 +64,7 @@ void check_op(int op) {
 
 IsaIndex isa_by_name(const std::string& name) {
     const IsaIndex isa = iqkq::isa_from_name(name.c_str());
-    if (isa == ISA_COUNT) throw std::invalid_argument("unknown ISA '" + name + "' (expected 'scalar', 'avx2' or 'avx512')");
+    if (isa == ISA_COUNT) throw std::invalid_argument("unknown ISA '" + name + "' (expected 'scalar', 'avx2', 'avx512' or 'amx')");
     return isa;
 }
 

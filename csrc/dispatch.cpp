@@ -12,6 +12,10 @@
 #if defined(IQKQ_HAVE_X86)
 #include <cpuid.h>
 #endif
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace iqkq {
 namespace {
@@ -51,9 +55,32 @@ bool detect_avx512() {
 #endif
 }
 
+// AMX-TILE and AMX-INT8 on top of the AVX-512 set, the OS saving the tile state (XCR0 bits
+// 17-18), and Linux's per-process permission to use it (arch_prctl ARCH_REQ_XCOMP_PERM for
+// XTILEDATA; without the grant the first tile instruction would fault, so no grant = no set).
+bool detect_amx() {
+#if defined(IQKQ_HAVE_X86) && defined(IQKQ_HAVE_AMX) && defined(__linux__)
+    if (!detect_avx512()) return false;
+    unsigned a, b, c, d;
+    __cpuid_count(7, 0, a, b, c, d);
+    const bool tile = d & (1u << 24), int8 = d & (1u << 25);
+    if (!(tile && int8)) return false;
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if ((lo & 0x60000u) != 0x60000u) return false;
+    constexpr long kReqXcompPerm = 0x1023, kGetXcompPerm = 0x1022, kXtiledata = 18;
+    if (syscall(SYS_arch_prctl, kReqXcompPerm, kXtiledata) != 0) return false;
+    unsigned long perm = 0;
+    if (syscall(SYS_arch_prctl, kGetXcompPerm, &perm) != 0) return false;
+    return perm & (1ul << kXtiledata);
+#else
+    return false;
+#endif
+}
+
 struct Registry {
     KernelTables tables[ISA_COUNT];
-    bool supported[ISA_COUNT] = {true, false, false};
+    bool supported[ISA_COUNT] = {true, false, false, false};
     std::atomic<int> active{ISA_SCALAR};
 
     void register_all(IsaIndex isa) {
@@ -66,7 +93,7 @@ struct Registry {
 
     Registry() {
         // Each set starts as a copy of the one below it, so a kernel a set does not implement
-        // falls back to the next simpler set (avx512 -> avx2 -> scalar).
+        // falls back to the next simpler set (amx -> avx512 -> avx2 -> scalar).
         register_all(ISA_SCALAR);
         supported[ISA_AVX2] = detect_avx2();
         supported[ISA_AVX512] = detect_avx512();
@@ -74,7 +101,13 @@ struct Registry {
         if (supported[ISA_AVX2]) register_all(ISA_AVX2);
         tables[ISA_AVX512] = tables[ISA_AVX2];
         if (supported[ISA_AVX512]) register_all(ISA_AVX512);
-        active.store(supported[ISA_AVX512] ? ISA_AVX512 : supported[ISA_AVX2] ? ISA_AVX2 : ISA_SCALAR);
+        supported[ISA_AMX] = detect_amx();
+        tables[ISA_AMX] = tables[ISA_AVX512];
+        if (supported[ISA_AMX]) register_all(ISA_AMX);
+        int best = ISA_SCALAR;
+        for (int i = 0; i < ISA_COUNT; ++i)
+            if (supported[i]) best = i;
+        active.store(best);
     }
 };
 
@@ -90,6 +123,7 @@ IsaIndex isa_from_name(const char* name) {
     if (std::strcmp(name, "scalar") == 0) return ISA_SCALAR;
     if (std::strcmp(name, "avx2") == 0) return ISA_AVX2;
     if (std::strcmp(name, "avx512") == 0) return ISA_AVX512;
+    if (std::strcmp(name, "amx") == 0) return ISA_AMX;
     return ISA_COUNT;
 }
 const KernelTables& kernels(IsaIndex isa) { return registry().tables[isa]; }
@@ -104,6 +138,9 @@ bool type_available(int type) {
     const bool quantizes = k.quantize || (base >= 0 && registry().tables[ISA_SCALAR].types[base].quantize && k.to_interleaved);
     return quantizes && k.dequantize && k.gemm;
 }
-const char* isa_name(IsaIndex isa) { return isa == ISA_AVX512 ? "avx512" : isa == ISA_AVX2 ? "avx2" : "scalar"; }
+const char* isa_name(IsaIndex isa) {
+    static const char* const names[ISA_COUNT] = {"scalar", "avx2", "avx512", "amx"};
+    return isa >= 0 && isa < ISA_COUNT ? names[isa] : "scalar";
+}
 
 }  // namespace iqkq

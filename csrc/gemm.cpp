@@ -253,7 +253,7 @@ Plan make_plan(const KernelTables& kt, int type, int64_t rows, int64_t K, int64_
     p.N = N;
     p.gemm = k.gemm;
     p.conv = convert ? kt.types[type].to_large_batch : nullptr;
-    p.cchunk = k.max_cols ? std::max<int64_t>(1, std::min(kColChunk, k.max_cols(K))) : kColChunk;
+    p.cchunk = k.max_cols ? std::max<int64_t>(1, k.max_cols(K)) : kColChunk;
     // The column ik_llama.cpp computes with its one-column kernel (single thread): N = 1, or the
     // last column when fewer than 32 rows make it tile the batch by 32 columns and one is left
     // over (iqk_mul_mat, MulMat::mul_mat_NxM; docs/formats.md, "Legacy 32-blocks").

@@ -49,9 +49,9 @@ uint64_t read_isa(IsaIndex isa, const uint8_t* p, size_t n) {
     size_t done = 0;
     uint64_t s = 0;
 #if defined(IQKQ_HAVE_X86)
-    if (isa == ISA_AVX512 || isa == ISA_AVX2) {
+    if (isa == ISA_AMX || isa == ISA_AVX512 || isa == ISA_AVX2) {
         done = n / 256 * 256;
-        s = isa == ISA_AVX512 ? read_avx512(p, done) : read_avx2(p, done);
+        s = isa == ISA_AVX2 ? read_avx2(p, done) : read_avx512(p, done);
     }
 #else
     (void)isa;
@@ -88,9 +88,14 @@ Timing time_chains(IsaIndex isa, int64_t iters, int nthreads, bool int8) {
 #if defined(IQKQ_HAVE_X86)
     uint64_t (*fn)(int64_t) = nullptr;
     int64_t ops = 0;
-    if (isa == ISA_AVX512) {
+    if (isa == ISA_AVX512 || (isa == ISA_AMX && !int8)) {
         fn = int8 ? int8_avx512 : fma_avx512;
         ops = int8 ? kInt8Avx512OpsPerIter : kFmaAvx512OpsPerIter;
+    } else if (isa == ISA_AMX) {
+#if defined(IQKQ_HAVE_AMX)
+        fn = int8_amx;
+        ops = kInt8AmxOpsPerIter;
+#endif
     } else if (isa == ISA_AVX2) {
         fn = int8 ? int8_avx2 : fma_avx2;
         ops = int8 ? kInt8Avx2OpsPerIter : kFmaAvx2OpsPerIter;

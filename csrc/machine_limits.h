@@ -23,6 +23,8 @@ constexpr int64_t kInt8Avx512OpsPerIter = 16 * 64 * 2;
 // AVX2: 12 independent VFMADD chains on YMM (8 floats); AVX-512: 16 chains on ZMM (16 floats).
 constexpr int64_t kFmaAvx2OpsPerIter = 12 * 8 * 2;
 constexpr int64_t kFmaAvx512OpsPerIter = 16 * 16 * 2;
+// AMX: 4 independent TDPBSSD chains, each 16 x 16 outputs x 64 byte pairs.
+constexpr int64_t kInt8AmxOpsPerIter = 4 * 16 * 16 * 64 * 2;
 
 // Sum of the 64-bit words of p[0, n) (n a multiple of 8), read front to back. The sum is
 // returned so that the loads cannot be optimised away.
@@ -36,6 +38,9 @@ uint64_t int8_avx512(int64_t iters);
 uint64_t fma_avx2(int64_t iters);
 uint64_t fma_avx512(int64_t iters);
 #endif
+#if defined(IQKQ_HAVE_AMX)
+uint64_t int8_amx(int64_t iters);
+#endif
 
 struct Timing {
     double seconds;    // wall time of the parallel region
@@ -43,6 +48,7 @@ struct Timing {
     uint64_t checksum; // combined results (keeps the work observable)
 };
 
+// The amx set reads and multiplies floats with the AVX-512 loops; only its int8 peak differs.
 // Read n bytes at p with the widest read loop of `isa` on `nthreads` threads (contiguous
 // chunks handed out by the thread pool). Throws std::invalid_argument if the CPU lacks `isa`.
 Timing time_read(IsaIndex isa, const uint8_t* p, size_t n, int nthreads);

@@ -51,8 +51,10 @@ enum ActIndex : int {
 
 // Kernel sets. ISA_AVX512 = the AVX2 set with some kernels replaced by AVX-512 versions
 // (VNNI dot products, VBMI byte permutes, 512-bit registers) on CPUs that have F, VL, BW,
-// DQ, VNNI and VBMI. Integer results are identical, so outputs are bit-identical.
-enum IsaIndex : int { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_AVX512 = 2, ISA_COUNT };
+// DQ, VNNI and VBMI. ISA_AMX = the AVX-512 set with the large-batch int8 kernels (q8_k_r8,
+// q8_0_r8) on AMX-INT8 tiles, on CPUs with AMX-TILE + AMX-INT8 whose OS grants the tile state.
+// Integer results are identical, so outputs are bit-identical.
+enum IsaIndex : int { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_AVX512 = 2, ISA_AMX = 3, ISA_COUNT };
 
 // Quantize `nrows` rows (a multiple of the interleave) of K floats (row stride K) into row
 // groups at dst. `imatrix` is K importance weights or null. Rows are independent, so the
@@ -244,7 +246,7 @@ IsaIndex active_isa();
 bool isa_supported(IsaIndex isa);
 void set_active_isa(IsaIndex isa);  // caller checks isa_supported
 const char* isa_name(IsaIndex isa);
-// "scalar" | "avx2" | "avx512" -> index, or ISA_COUNT for anything else. The one parser of
+// "scalar" | "avx2" | "avx512" | "amx" -> index, or ISA_COUNT for anything else. The one parser of
 // ISA names (IQKQ_ISA, iqkq.set_isa).
 IsaIndex isa_from_name(const char* name);
 

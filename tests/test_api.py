@@ -124,7 +124,7 @@ def test_threads_setting():
 
 
 def test_isa_switch():
-    assert iqkq.isa() in ("avx512", "avx2", "scalar")
+    assert iqkq.isa() in ("amx", "avx512", "avx2", "scalar")
     prev = iqkq.isa()
     try:
         iqkq.set_isa("scalar")

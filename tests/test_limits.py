@@ -41,7 +41,13 @@ def test_int8_chains_do_the_counted_work(threads):
         # 16 chains x 16 lanes, each vpdpbusd adds 4 * (3 * -2) = -24
         "avx512": (-24 * 16 * 16 * per_task) % 2**32,
     }
-    ops_per_iter = {"avx2": 4 * 32 * 2, "avx512": 16 * 64 * 2}
+    # amx: 4 TDPBSSD chains over tiles A = B = bytes (i % 7 - 3), i < 1024; B in the VNNI
+    # layout (row k // 4 holds 4 bytes of each of the 16 columns)
+    src = (np.arange(1024) % 7 - 3).astype(np.int64)
+    A = src.reshape(16, 64)
+    B = src.reshape(16, 16, 4).transpose(1, 0, 2).reshape(16, 64)  # B[n, k] = src[k // 4, 4 n + k % 4]
+    expect["amx"] = (4 * per_task * int((A @ B.T).sum())) % 2**32
+    ops_per_iter = {"avx2": 4 * 32 * 2, "avx512": 16 * 64 * 2, "amx": 4 * 16 * 16 * 64 * 2}
     for s in L.kernel_sets():
         seconds, ops, checksum = _core.limits_int8(s, iters, threads)
         assert checksum == expect[s] * ntasks % 2**64

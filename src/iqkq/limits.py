@@ -12,8 +12,10 @@ as the matmul kernels and only run after the same CPU check:
   several passes, each split over the thread pool in contiguous chunks.
 * **int8**: ``avx2``: four independent VPMADDUBSW → VPMADDWD → VPADDD chains on YMM (the
   dot product of the AVX2 kernels); ``avx512``: sixteen independent VPDPBUSD chains on ZMM.
-  One multiply-add of a byte pair counts as 2 operations, as GFLOPS count it.
-* **fma**: independent VFMADD chains, YMM (``avx2``) or ZMM (``avx512``); 2 FLOPs per lane.
+  ``amx``: four independent TDPBSSD chains on tile registers (16 x 16 int32 += 16 x 64 by
+  64 x 16 bytes each). One multiply-add of a byte pair counts as 2 operations, as GFLOPS count it.
+* **fma**: independent VFMADD chains, YMM (``avx2``) or ZMM (``avx512``, also for ``amx``,
+  whose float work is AVX-512); 2 FLOPs per lane.
 
 The figures are upper bounds for code that does nothing else; on a machine shared with other
 work (or a VM whose neighbours are busy) they move by 10-30 % between runs.
@@ -41,14 +43,15 @@ __all__ = ["Limits", "Int8Runner", "kernel_sets", "buffer_bytes", "read_bandwidt
            "fma_peak", "measure"]
 
 #: What each kernel set's int8 / FMA microkernel runs (for labels).
-INT8_KERNEL = {"avx2": "VPMADDUBSW+VPMADDWD ymm", "avx512": "VPDPBUSD zmm (VNNI)"}
-FMA_KERNEL = {"avx2": "VFMADD ymm", "avx512": "VFMADD zmm"}
+INT8_KERNEL = {"avx2": "VPMADDUBSW+VPMADDWD ymm", "avx512": "VPDPBUSD zmm (VNNI)", "amx": "TDPBSSD tiles (AMX-INT8)"}
+FMA_KERNEL = {"avx2": "VFMADD ymm", "avx512": "VFMADD zmm", "amx": "VFMADD zmm"}
+_SIMD_SETS = ("avx2", "avx512", "amx")
 
 
 def kernel_sets() -> List[str]:
-    """The SIMD kernel sets this CPU supports (``"avx2"``, ``"avx512"``), the ones with
-    int8 / FMA peak kernels. Empty on CPUs with neither (the scalar set has none)."""
-    return [s for s in ("avx2", "avx512") if _core.isa_supported(s)]
+    """The SIMD kernel sets this CPU supports (``"avx2"``, ``"avx512"``, ``"amx"``), the ones
+    with int8 / FMA peak kernels. Empty on CPUs with none (the scalar set has none)."""
+    return [s for s in _SIMD_SETS if _core.isa_supported(s)]
 
 
 def _mem_available() -> Optional[int]:
@@ -113,10 +116,10 @@ def read_bandwidth(threads: int = 1, *, nbytes: Optional[int] = None, repeats: i
 
 def _check_set(kind: str, isa: Optional[str]) -> str:
     name = _active_isa() if isa is None else str(isa)
-    if name not in ("avx2", "avx512"):
+    if name not in _SIMD_SETS:
         if name == "scalar":
             raise ValueError(f"the scalar kernel set has no {kind} peak kernel (it is portable C++)")
-        raise ValueError(f"unknown kernel set {name!r}; expected 'avx2' or 'avx512'")
+        raise ValueError(f"unknown kernel set {name!r}; expected 'avx2', 'avx512' or 'amx'")
     if not _core.isa_supported(name):
         raise ValueError(f"this CPU does not support the {name!r} kernel set")
     return name
@@ -185,7 +188,7 @@ def int8_peak(isa: Optional[str] = None, threads: int = 1, *, seconds: float = 0
     """int8 dot-product peak of a kernel set in GOPS (2 ops per byte-pair multiply-add),
     best of ``repeats`` runs of about ``seconds`` each on ``threads`` threads.
 
-    ``isa``: ``"avx2"`` or ``"avx512"`` (default: the active kernel set). Raises ValueError
+    ``isa``: ``"avx2"``, ``"avx512"`` or ``"amx"`` (default: the active kernel set). Raises ValueError
     for the scalar set or a set the CPU lacks."""
     return _peak(_core.limits_int8, "int8", isa, threads, seconds, repeats)
 

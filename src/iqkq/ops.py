@@ -78,20 +78,22 @@ def _check_threads(n) -> int:
 
 
 def isa() -> str:
-    """The kernel set in use: ``"avx512"`` (the AVX2 kernels with AVX-512 VNNI/VBMI versions
-    of some of them, picked when the CPU has AVX-512 F/VL/BW/DQ/VNNI/VBMI), ``"avx2"``
-    (AVX2 + FMA + F16C) or ``"scalar"`` (portable C++). All give bit-identical results."""
+    """The kernel set in use: ``"amx"`` (the AVX-512 set with the large-batch int8 products
+    on AMX-INT8 tiles, picked when the CPU has AMX-TILE + AMX-INT8 and the OS grants the tile
+    state), ``"avx512"`` (the AVX2 kernels with AVX-512 VNNI/VBMI versions of some of them,
+    picked when the CPU has AVX-512 F/VL/BW/DQ/VNNI/VBMI), ``"avx2"`` (AVX2 + FMA + F16C) or
+    ``"scalar"`` (portable C++). All give bit-identical results. ``IQKQ_ISA`` chooses at import."""
     return _core.isa()
 
 
 def set_isa(name: str) -> None:
-    """Switch the kernel set (``"avx512"``, ``"avx2"`` or ``"scalar"``) for this process.
+    """Switch the kernel set (``"amx"``, ``"avx512"``, ``"avx2"`` or ``"scalar"``) for this process.
 
     Raises ValueError if the name is unknown or the CPU does not support it. Results of the
     two sets are identical (the scalar set is the reference the SIMD set is tested against).
     """
     if not isinstance(name, str):
-        raise TypeError(f"set_isa: the kernel set name must be a str ('scalar', 'avx2' or 'avx512'), "
+        raise TypeError(f"set_isa: the kernel set name must be a str ('scalar', 'avx2', 'avx512' or 'amx'), "
                         f"not {type(name).__name__}")
     try:
         _core.set_isa(name)

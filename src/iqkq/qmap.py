@@ -68,10 +68,12 @@ __all__ = ["quant_map", "QuantMap", "synthetic_weights", "synthetic_activations"
 DEFAULT_MODEL_PARAMS = 8.0e9
 #: ISA flags (names as in /proc/cpuinfo) that decide which kernels can run.
 ISA_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512bw", "avx512vl", "avx512_vnni", "avx512vbmi",
-             "avx_vnni", "avx512_bf16", "amx_int8")
+             "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8")
 #: Flags each iqkq kernel set needs.
 SET_FLAGS = {"avx2": ("avx2", "fma", "f16c"),
-             "avx512": ("avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512bw", "avx512vl", "avx512_vnni", "avx512vbmi")}
+             "avx512": ("avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512bw", "avx512vl", "avx512_vnni", "avx512vbmi"),
+             "amx": ("avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512bw", "avx512vl", "avx512_vnni", "avx512vbmi",
+                     "amx_tile", "amx_int8")}
 
 _ACC_ROWS_TG = 8   # small batch: direct kernels
 _ACC_ROWS_PP = 64  # large batch: the large-batch conversion where the type has one
@@ -277,7 +279,7 @@ def machine_info(limits=None, threads: Optional[int] = None) -> Dict[str, Any]:
         "cpus": _core.available_cpus(),
         "threads": int(threads or get_num_threads()),
         "kernel_set": active,
-        "kernel_sets_supported": [s for s in ("scalar", "avx2", "avx512") if _core.isa_supported(s)],
+        "kernel_sets_supported": [s for s in _core.constants()["isas"] if _core.isa_supported(s)],
         "isa_flags": [f for f in ISA_FLAGS if f in flags],
         "isa_flags_missing": [f for f in ISA_FLAGS if flags and f not in flags],
         "python": platform.python_version(),
