@@ -229,9 +229,7 @@ void amx_gemm(const GemmArgs& g, const Act& act, GemmFn fallback) {
         h.C = g.C + ntok * g.ldc;
         h.ncols = g.ncols - ntok;
         h.single_col = g.single_col >= ntok ? g.single_col - ntok : -1;
-        if (npairs == 0) h = g;
         fallback(h);
-        if (npairs == 0) return;
     }
     if (ngroups % 2 && ntok > 0) {
         GemmArgs h = g;
@@ -261,13 +259,11 @@ void gemm_q8_0_r8(const GemmArgs& g) {
 
 // Columns per call (the driver's max_cols hint): the interleaved weights are made once per
 // call, so calls take as many activation rows as fit in about 1 MiB (L2), in multiples of 32.
-template <int64_t (*RowBytes)(int64_t)>
+template <class F>
 int64_t amx_max_cols(int64_t K) {
-    const int64_t fit = ((int64_t)1 << 20) / RowBytes(K);
+    const int64_t fit = ((int64_t)1 << 20) / (int64_t)prepared_bytes<F>(K);
     return std::max<int64_t>(32, std::min<int64_t>(512, fit / 32 * 32));
 }
-int64_t q8k_row_bytes(int64_t K) { return (int64_t)prepared_bytes<Q8K>(K); }
-int64_t q82_row_bytes(int64_t K) { return (int64_t)prepared_bytes<Q80>(K); }
 
 }  // namespace
 
@@ -277,8 +273,8 @@ void register_amx_q8_r8(KernelTables& t) {
     avx512_q8_0_r8 = t.types[T_Q8_0_R8].gemm;
     t.types[T_Q8_K_R8].gemm = gemm_q8_k_r8;
     t.types[T_Q8_0_R8].gemm = gemm_q8_0_r8;
-    t.types[T_Q8_K_R8].max_cols = amx_max_cols<q8k_row_bytes>;
-    t.types[T_Q8_0_R8].max_cols = amx_max_cols<q82_row_bytes>;
+    t.types[T_Q8_K_R8].max_cols = amx_max_cols<Q8K>;
+    t.types[T_Q8_0_R8].max_cols = amx_max_cols<Q80>;
     t.types[T_Q8_K_R8].prepare_act = prepare_q8k;
     t.types[T_Q8_K_R8].prepared_bytes = prepared_bytes<Q8K>;
     t.types[T_Q8_0_R8].prepare_act = prepare_q82;
