@@ -156,14 +156,60 @@ void gemm_base(const GemmArgs& g) {
 // ---------------------------------------------------------------- 4-row twins
 // q5_0_r4 / q6_0_r4 / iq4_nl_r4: two row groups (i, i + groups/2) per 512-bit register, each
 // 256-bit half doing what kernels/avx2/legacy.cpp gemm_r4_cols does for one group.
+// One block of the row groups w0 / w1 times NC columns: qy[n] -> column n's 32 quants,
+// sc[n][0] its scale d, sc[n][1] its offset term half_min * (d * s) (in memory, so that the
+// broadcasts are loads, not moves from the scalar unit).
+template <int kR4Type, int NC>
+inline void r4_block(const uint8_t* b0, const uint8_t* b1, const uint8_t* const* qy, const float (*sc)[2], __m512* acc) {
+    constexpr bool kOffset = kR4Type != T_IQ4_NL_R4;
+    _mm_prefetch((const char*)(b0 + kPrefetch), _MM_HINT_T0);
+    _mm_prefetch((const char*)(b0 + kPrefetch + 64), _MM_HINT_T0);
+    _mm_prefetch((const char*)(b1 + kPrefetch), _MM_HINT_T0);
+    _mm_prefetch((const char*)(b1 + kPrefetch + 64), _MM_HINT_T0);
+    const __m128 s0 = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b0)));
+    const __m128 s1 = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b1)));
+    const __m512 dw = joinf(_mm256_set_m128(s0, s0), _mm256_set_m128(s1, s1));
+    __m256i qa[4], qb[4];
+    r4_prepare<kR4Type>(b0, qa);
+    r4_prepare<kR4Type>(b1, qb);
+    __m512i q[4];
+    for (int j = 0; j < 4; ++j) q[j] = join(qa[j], qb[j]);
+    // iq4_nl_r4: signed codes times activations made unsigned by x ^ 0x80 (= x + 128): the
+    // exact sum is dpbusd(x + 128, w) - 128 * sum(w); the second term, the same for every
+    // column, starts the integer accumulator.
+    const __m512i k128 = _mm512_set1_epi8((char)0x80);
+    __m512i init = _mm512_setzero_si512();
+    if constexpr (kR4Type == T_IQ4_NL_R4) {
+        __m512i c = _mm512_dpbusd_epi32(_mm512_setzero_si512(), k128, q[0]);
+        for (int j = 1; j < 4; ++j) c = _mm512_dpbusd_epi32(c, k128, q[j]);
+        init = _mm512_sub_epi32(init, c);
+    }
+    for (int n = 0; n < NC; ++n) {
+        __m512i y = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(qy[n])));
+        if constexpr (kR4Type == T_IQ4_NL_R4) y = _mm512_xor_si512(y, k128);
+        const __m512i ys[4] = {_mm512_shuffle_epi32(y, _MM_PERM_AAAA), _mm512_shuffle_epi32(y, _MM_PERM_BBBB),
+                               _mm512_shuffle_epi32(y, _MM_PERM_CCCC), _mm512_shuffle_epi32(y, _MM_PERM_DDDD)};
+        __m512i sumi;
+        if constexpr (kR4Type == T_IQ4_NL_R4) {
+            sumi = _mm512_dpbusd_epi32(init, ys[0], q[0]);
+            for (int j = 1; j < 4; ++j) sumi = _mm512_dpbusd_epi32(sumi, ys[j], q[j]);
+        } else {
+            sumi = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[0], ys[0]);
+            for (int j = 1; j < 4; ++j) sumi = _mm512_dpbusd_epi32(sumi, q[j], ys[j]);
+        }
+        acc[n] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(sc[n][0])), _mm512_cvtepi32_ps(sumi), acc[n]);
+        if constexpr (kOffset) acc[n] = _mm512_fmadd_ps(dw, _mm512_set1_ps(sc[n][1]), acc[n]);
+    }
+}
+
 template <int kR4Type, int NC>
 void gemm_r4_cols(const GemmArgs& g, int64_t n0) {
     constexpr int B = 4 * (kR4Type == T_Q5_0_R4 ? kQ5Bytes : kR4Type == T_Q6_0_R4 ? kQ6Bytes : kNlBytes);
-    constexpr bool kOffset = kR4Type != T_IQ4_NL_R4;
     const float half_min = kR4Type == T_Q5_0_R4 ? -8.0f : -16.0f;
     const int64_t nb = g.K / kBlock, nb4 = 4 * (nb / 4);
     const uint8_t* acts[NC];
     for (int n = 0; n < NC; ++n) acts[n] = g.A + (n0 + n) * g.a_row_bytes;
+    const __m128 vmin = _mm_set1_ps(half_min);
     const int64_t ngroups = g.nrows / 4, half = ngroups / 2;
     for (int64_t i = 0; i < half + (ngroups & 1); ++i) {
         const bool pair = i < half;
@@ -172,41 +218,40 @@ void gemm_r4_cols(const GemmArgs& g, int64_t n0) {
         const uint8_t* w1 = g.W + g1 * g.w_group_bytes;
         __m512 acc[NC];
         for (int n = 0; n < NC; ++n) acc[n] = _mm512_setzero_ps();
-        for (int64_t b = 0; b < nb; ++b) {
-            const uint8_t* b0 = w0 + b * B;
-            const uint8_t* b1 = w1 + b * B;
-            _mm_prefetch((const char*)(b0 + kPrefetch), _MM_HINT_T0);
-            _mm_prefetch((const char*)(b0 + kPrefetch + 64), _MM_HINT_T0);
-            _mm_prefetch((const char*)(b1 + kPrefetch), _MM_HINT_T0);
-            _mm_prefetch((const char*)(b1 + kPrefetch + 64), _MM_HINT_T0);
-            const __m128 s0 = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b0)));
-            const __m128 s1 = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b1)));
-            const __m512 dw = joinf(_mm256_set_m128(s0, s0), _mm256_set_m128(s1, s1));
-            __m256i qa[4], qb[4];
-            r4_prepare<kR4Type>(b0, qa);
-            r4_prepare<kR4Type>(b1, qb);
-            __m512i q[4];
-            for (int j = 0; j < 4; ++j) q[j] = join(qa[j], qb[j]);
-            const int64_t so = act::q82_d_offset(b, nb4), ss = act::q82_s_offset(b, nb4), qo = act::q82_qs_offset(b, nb4);
+        for (int64_t b4 = 0; b4 < nb4; b4 += 4) {
+            // Per column, the group's four d (bf16) and d * s converted at once (the same float
+            // operations per block as one at a time).
+            alignas(16) float d4[NC][4], m4[NC][4];
+            const uint8_t* ag[NC];
             for (int n = 0; n < NC; ++n) {
-                const float da = bf16_to_fp32(rd_u16(acts[n] + so));
-                const __m512i y = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(acts[n] + qo)));
-                const __m512i ys[4] = {_mm512_shuffle_epi32(y, _MM_PERM_AAAA), _mm512_shuffle_epi32(y, _MM_PERM_BBBB),
-                                       _mm512_shuffle_epi32(y, _MM_PERM_CCCC), _mm512_shuffle_epi32(y, _MM_PERM_DDDD)};
-                __m512i sumi;
-                if constexpr (kR4Type == T_IQ4_NL_R4) {
-                    sumi = _mm512_add_epi32(_mm512_add_epi32(sdot(q[0], ys[0]), sdot(q[1], ys[1])),
-                                            _mm512_add_epi32(sdot(q[2], ys[2]), sdot(q[3], ys[3])));
-                } else {
-                    sumi = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[0], ys[0]);
-                    for (int j = 1; j < 4; ++j) sumi = _mm512_dpbusd_epi32(sumi, q[j], ys[j]);
-                }
-                acc[n] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(da)), _mm512_cvtepi32_ps(sumi), acc[n]);
-                if constexpr (kOffset) {
-                    const float ms = half_min * (da * (float)(int16_t)rd_u16(acts[n] + ss));
-                    acc[n] = _mm512_fmadd_ps(dw, _mm512_set1_ps(ms), acc[n]);
-                }
+                ag[n] = acts[n] + act::kQ82GroupBytes * (b4 / 4);
+                const __m128 d = _mm_castsi128_ps(
+                    _mm_slli_epi32(_mm_cvtepu16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(ag[n] + act::kQ82GroupD))), 16));
+                const __m128 m = _mm_cvtepi32_ps(_mm_cvtepi16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(ag[n] + act::kQ82GroupS))));
+                _mm_store_ps(d4[n], d);
+                _mm_store_ps(m4[n], _mm_mul_ps(vmin, _mm_mul_ps(d, m)));
             }
+            for (int k = 0; k < 4; ++k) {
+                float sc[NC][2];
+                const uint8_t* qy[NC];
+                for (int n = 0; n < NC; ++n) {
+                    sc[n][0] = d4[n][k];
+                    sc[n][1] = m4[n][k];
+                    qy[n] = ag[n] + act::kQ82GroupQs + 32 * k;
+                }
+                r4_block<kR4Type, NC>(w0 + (b4 + k) * B, w1 + (b4 + k) * B, qy, sc, acc);
+            }
+        }
+        for (int64_t b = nb4; b < nb; ++b) {
+            float sc[NC][2];
+            const uint8_t* qy[NC];
+            for (int n = 0; n < NC; ++n) {
+                const uint8_t* ab = acts[n] + act::kQ82Bytes * b;
+                sc[n][0] = bf16_to_fp32(rd_u16(ab + act::kQ82D));
+                sc[n][1] = half_min * (sc[n][0] * (float)(int16_t)rd_u16(ab + act::kQ82S));
+                qy[n] = ab + act::kQ82Qs;
+            }
+            r4_block<kR4Type, NC>(w0 + b * B, w1 + b * B, qy, sc, acc);
         }
         for (int n = 0; n < NC; ++n) {
             const __m256 lo = _mm512_castps512_ps256(acc[n]), hi = _mm512_extractf32x8_ps(acc[n], 1);
@@ -219,9 +264,17 @@ void gemm_r4_cols(const GemmArgs& g, int64_t n0) {
 
 template <int kR4Type>
 void gemm_r4(const GemmArgs& g) {
-    static const ColsFn fns[] = {nullptr, gemm_r4_cols<kR4Type, 1>, gemm_r4_cols<kR4Type, 2>, gemm_r4_cols<kR4Type, 3>,
-                                 gemm_r4_cols<kR4Type, 4>};
-    for_column_chunks(g, fns, 4);
+    // Up to 8 columns per pass: the weights are decoded once for all of them.
+    static const ColsFn fns[] = {nullptr,
+                                 gemm_r4_cols<kR4Type, 1>,
+                                 gemm_r4_cols<kR4Type, 2>,
+                                 gemm_r4_cols<kR4Type, 3>,
+                                 gemm_r4_cols<kR4Type, 4>,
+                                 gemm_r4_cols<kR4Type, 5>,
+                                 gemm_r4_cols<kR4Type, 6>,
+                                 gemm_r4_cols<kR4Type, 7>,
+                                 gemm_r4_cols<kR4Type, 8>};
+    for_column_chunks(g, fns, 8);
 }
 
 // ---------------------------------------------------------------- q4_0_r8
@@ -313,9 +366,16 @@ void gemm_q4_0_r8_cols(const GemmArgs& g, int64_t n0) {
 }
 
 void gemm_q4_0_r8(const GemmArgs& g) {
-    static const ColsFn fns[] = {nullptr, gemm_q4_0_r8_cols<1, false>, gemm_q4_0_r8_cols<2, false>,
-                                 gemm_q4_0_r8_cols<3, false>, gemm_q4_0_r8_cols<4, false>};
-    for_column_chunks(g, fns, 4, gemm_q4_0_r8_cols<1, true>);
+    static const ColsFn fns[] = {nullptr,
+                                 gemm_q4_0_r8_cols<1, false>,
+                                 gemm_q4_0_r8_cols<2, false>,
+                                 gemm_q4_0_r8_cols<3, false>,
+                                 gemm_q4_0_r8_cols<4, false>,
+                                 gemm_q4_0_r8_cols<5, false>,
+                                 gemm_q4_0_r8_cols<6, false>,
+                                 gemm_q4_0_r8_cols<7, false>,
+                                 gemm_q4_0_r8_cols<8, false>};
+    for_column_chunks(g, fns, 8, gemm_q4_0_r8_cols<1, true>);
 }
 
 }  // namespace
