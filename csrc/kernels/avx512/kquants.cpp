@@ -364,12 +364,14 @@ void q45_r4_any(const GemmArgs& g, int64_t n0) {
 }
 
 void gemm_q4_k_r4(const GemmArgs& g) {
-    static const ColsFn fns[] = {nullptr, q45_r4_any<0, 1>, q45_r4_any<0, 2>, q45_r4_any<0, 3>, q45_r4_any<0, 4>};
-    for_column_chunks(g, fns, 4, q45_r4_any<0, 1, true>);
+    static const ColsFn fns[] = {nullptr, q45_r4_any<0, 1>, q45_r4_any<0, 2>, q45_r4_any<0, 3>, q45_r4_any<0, 4>,
+                                 nullptr, nullptr, nullptr, q45_r4_any<0, 8>};
+    for_column_chunks(g, fns, 8, q45_r4_any<0, 1, true>);
 }
 void gemm_q5_k_r4(const GemmArgs& g) {
-    static const ColsFn fns[] = {nullptr, q45_r4_any<1, 1>, q45_r4_any<1, 2>, q45_r4_any<1, 3>, q45_r4_any<1, 4>};
-    for_column_chunks(g, fns, 4, q45_r4_any<1, 1, true>);
+    static const ColsFn fns[] = {nullptr, q45_r4_any<1, 1>, q45_r4_any<1, 2>, q45_r4_any<1, 3>, q45_r4_any<1, 4>,
+                                 nullptr, nullptr, nullptr, q45_r4_any<1, 8>};
+    for_column_chunks(g, fns, 8, q45_r4_any<1, 1, true>);
 }
 
 template <int NC, bool One = false>  // One: ik's one-column order (d * d_act first)
@@ -467,8 +469,9 @@ void q6_r4_any(const GemmArgs& g, int64_t n0) {
 }
 
 void gemm_q6_k_r4(const GemmArgs& g) {
-    static const ColsFn fns[] = {nullptr, q6_r4_any<1>, q6_r4_any<2>, q6_r4_any<3>, q6_r4_any<4>};
-    for_column_chunks(g, fns, 4, q6_r4_any<1, true>);
+    static const ColsFn fns[] = {nullptr, q6_r4_any<1>, q6_r4_any<2>, q6_r4_any<3>, q6_r4_any<4>,
+                                 nullptr, nullptr, nullptr, q6_r4_any<8>};
+    for_column_chunks(g, fns, 8, q6_r4_any<1, true>);
 }
 
 }  // namespace
