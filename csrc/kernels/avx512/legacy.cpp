@@ -3,6 +3,8 @@
 // in the high 256 bits) and VNNI dot products. Every float lane does the same operations in the
 // same order as its AVX2 / scalar twin, so the results are bit-identical (docs/formats.md,
 // "Legacy 32-blocks"); only the exact integer sums are formed differently.
+#include <vector>
+
 #include "common.h"
 #include "formats/act.h"
 #include "formats/legacy.h"
@@ -156,11 +158,59 @@ void gemm_base(const GemmArgs& g) {
 // ---------------------------------------------------------------- 4-row twins
 // q5_0_r4 / q6_0_r4 / iq4_nl_r4: two row groups (i, i + groups/2) per 512-bit register, each
 // 256-bit half doing what kernels/avx2/legacy.cpp gemm_r4_cols does for one group.
+inline __m512i load2x32(const uint8_t* lo, const uint8_t* hi) { return join(load32(lo), load32(hi)); }
+
+// The four code vectors of the blocks b0 (low half) and b1 (high half), laid out as r4_prepare
+// (kernels/avx2/legacy_dec.h) lays out one block, decoded at 512 bits. iq4_nl_r4 gets its
+// codebook values plus 128 (table tv: all of them fit in a byte, 1..241), so that they are the
+// unsigned operand of dpbusd; the extra 128 * sum(x) is taken off by the column's correction.
+template <int kR4Type>
+inline void r4_prepare2(const uint8_t* b0, const uint8_t* b1, __m512i tv, __m512i q[4]) {
+    const __m512i m4 = _mm512_set1_epi8(0xf);
+    constexpr int qs_off = kR4Type == T_Q5_0_R4 ? 24 : kR4Type == T_Q6_0_R4 ? 40 : 8;
+    const __m512i bits1 = load2x32(b0 + qs_off, b1 + qs_off), bits2 = load2x32(b0 + qs_off + 32, b1 + qs_off + 32);
+    q[0] = _mm512_and_si512(bits1, m4);
+    q[1] = _mm512_and_si512(bits2, m4);
+    q[2] = _mm512_and_si512(_mm512_srli_epi16(bits1, 4), m4);
+    q[3] = _mm512_and_si512(_mm512_srli_epi16(bits2, 4), m4);
+    if constexpr (kR4Type == T_IQ4_NL_R4) {
+        for (int j = 0; j < 4; ++j) q[j] = _mm512_shuffle_epi8(tv, q[j]);
+    } else {
+        __m512i hb, mh;
+        if constexpr (kR4Type == T_Q5_0_R4) {
+            // Lanes [h0, h0 >> 1, h1, h1 >> 1] (h0, h1: the 16 high-bit bytes of b0, b1).
+            const __m256i hh = join2x128(b0 + 8, b1 + 8);
+            const __m512i z = join(hh, _mm256_srli_epi16(hh, 1));
+            hb = _mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(3, 1, 2, 0));
+            mh = _mm512_set1_epi8(0x10);
+        } else {
+            hb = load2x32(b0 + 8, b1 + 8);
+            mh = _mm512_set1_epi8(0x30);
+        }
+        // q | (shifted & mh)
+        q[0] = _mm512_ternarylogic_epi32(q[0], _mm512_slli_epi16(hb, 4), mh, 0xf8);
+        q[1] = _mm512_ternarylogic_epi32(q[1], _mm512_slli_epi16(hb, 2), mh, 0xf8);
+        q[2] = _mm512_ternarylogic_epi32(q[2], hb, mh, 0xf8);
+        q[3] = _mm512_ternarylogic_epi32(q[3], _mm512_srli_epi16(hb, 2), mh, 0xf8);
+    }
+}
+
+// iq4_nl_r4's integer correction for one activation block: per 16-byte half h of the 32 quants,
+// -128 * (sum of its 16 quants) in all four dwords of lane h (8 dwords, 32 bytes).
+inline void nl_correction(const uint8_t* qs, uint8_t* out) {
+    const __m256i y = load32(qs);
+    __m256i t = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), y), _mm256_set1_epi16(-128));
+    t = _mm256_add_epi32(t, _mm256_shuffle_epi32(t, _MM_SHUFFLE(1, 0, 3, 2)));
+    t = _mm256_add_epi32(t, _mm256_shuffle_epi32(t, _MM_SHUFFLE(2, 3, 0, 1)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), t);
+}
+
 // One block of the row groups w0 / w1 times NC columns: qy[n] -> column n's 32 quants,
 // sc[n][0] its scale d, sc[n][1] its offset term half_min * (d * s) (in memory, so that the
-// broadcasts are loads, not moves from the scalar unit).
+// broadcasts are loads, not moves from the scalar unit), corr[n] its iq4_nl_r4 correction.
 template <int kR4Type, int NC>
-inline void r4_block(const uint8_t* b0, const uint8_t* b1, const uint8_t* const* qy, const float (*sc)[2], __m512* acc) {
+inline void r4_block(const uint8_t* b0, const uint8_t* b1, __m512i tv, const uint8_t* const* qy, const float (*sc)[2],
+                     const uint8_t* const* corr, __m512* acc) {
     constexpr bool kOffset = kR4Type != T_IQ4_NL_R4;
     _mm_prefetch((const char*)(b0 + kPrefetch), _MM_HINT_T0);
     _mm_prefetch((const char*)(b0 + kPrefetch + 64), _MM_HINT_T0);
@@ -169,34 +219,14 @@ inline void r4_block(const uint8_t* b0, const uint8_t* b1, const uint8_t* const*
     const __m128 s0 = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b0)));
     const __m128 s1 = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b1)));
     const __m512 dw = joinf(_mm256_set_m128(s0, s0), _mm256_set_m128(s1, s1));
-    __m256i qa[4], qb[4];
-    r4_prepare<kR4Type>(b0, qa);
-    r4_prepare<kR4Type>(b1, qb);
     __m512i q[4];
-    for (int j = 0; j < 4; ++j) q[j] = join(qa[j], qb[j]);
-    // iq4_nl_r4: signed codes times activations made unsigned by x ^ 0x80 (= x + 128): the
-    // exact sum is dpbusd(x + 128, w) - 128 * sum(w); the second term, the same for every
-    // column, starts the integer accumulator.
-    const __m512i k128 = _mm512_set1_epi8((char)0x80);
-    __m512i init = _mm512_setzero_si512();
-    if constexpr (kR4Type == T_IQ4_NL_R4) {
-        __m512i c = _mm512_dpbusd_epi32(_mm512_setzero_si512(), k128, q[0]);
-        for (int j = 1; j < 4; ++j) c = _mm512_dpbusd_epi32(c, k128, q[j]);
-        init = _mm512_sub_epi32(init, c);
-    }
+    r4_prepare2<kR4Type>(b0, b1, tv, q);
     for (int n = 0; n < NC; ++n) {
-        __m512i y = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(qy[n])));
-        if constexpr (kR4Type == T_IQ4_NL_R4) y = _mm512_xor_si512(y, k128);
+        const __m512i y = _mm512_broadcast_i64x4(load32(qy[n]));
         const __m512i ys[4] = {_mm512_shuffle_epi32(y, _MM_PERM_AAAA), _mm512_shuffle_epi32(y, _MM_PERM_BBBB),
                                _mm512_shuffle_epi32(y, _MM_PERM_CCCC), _mm512_shuffle_epi32(y, _MM_PERM_DDDD)};
-        __m512i sumi;
-        if constexpr (kR4Type == T_IQ4_NL_R4) {
-            sumi = _mm512_dpbusd_epi32(init, ys[0], q[0]);
-            for (int j = 1; j < 4; ++j) sumi = _mm512_dpbusd_epi32(sumi, ys[j], q[j]);
-        } else {
-            sumi = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[0], ys[0]);
-            for (int j = 1; j < 4; ++j) sumi = _mm512_dpbusd_epi32(sumi, q[j], ys[j]);
-        }
+        __m512i sumi = kR4Type == T_IQ4_NL_R4 ? _mm512_broadcast_i64x4(load32(corr[n])) : _mm512_setzero_si512();
+        for (int j = 0; j < 4; ++j) sumi = _mm512_dpbusd_epi32(sumi, q[j], ys[j]);
         acc[n] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(sc[n][0])), _mm512_cvtepi32_ps(sumi), acc[n]);
         if constexpr (kOffset) acc[n] = _mm512_fmadd_ps(dw, _mm512_set1_ps(sc[n][1]), acc[n]);
     }
@@ -204,11 +234,27 @@ inline void r4_block(const uint8_t* b0, const uint8_t* b1, const uint8_t* const*
 
 template <int kR4Type, int NC>
 void gemm_r4_cols(const GemmArgs& g, int64_t n0) {
+    constexpr bool kNl = kR4Type == T_IQ4_NL_R4;
     constexpr int B = 4 * (kR4Type == T_Q5_0_R4 ? kQ5Bytes : kR4Type == T_Q6_0_R4 ? kQ6Bytes : kNlBytes);
     const float half_min = kR4Type == T_Q5_0_R4 ? -8.0f : -16.0f;
     const int64_t nb = g.K / kBlock, nb4 = 4 * (nb / 4);
     const uint8_t* acts[NC];
     for (int n = 0; n < NC; ++n) acts[n] = g.A + (n0 + n) * g.a_row_bytes;
+    __m512i tv = _mm512_setzero_si512();
+    // iq4_nl_r4: every column's per-block corrections, made once for all row groups.
+    thread_local std::vector<uint8_t> corr_buf;
+    if constexpr (kNl) {
+        tv = _mm512_xor_si512(_mm512_broadcast_i32x4(load16(reinterpret_cast<const uint8_t*>(iq4nl_values()))),
+                              _mm512_set1_epi8((char)0x80));
+        corr_buf.resize((size_t)(NC * nb * 32));
+        for (int n = 0; n < NC; ++n)
+            for (int64_t b = 0; b < nb; ++b) {
+                const uint8_t* qs = b < nb4 ? acts[n] + act::kQ82GroupBytes * (b / 4) + act::kQ82GroupQs + 32 * (b % 4)
+                                            : acts[n] + act::kQ82Bytes * b + act::kQ82Qs;
+                nl_correction(qs, corr_buf.data() + (n * nb + b) * 32);
+            }
+    }
+    const uint8_t* corr0 = corr_buf.data();
     const __m128 vmin = _mm_set1_ps(half_min);
     const int64_t ngroups = g.nrows / 4, half = ngroups / 2;
     for (int64_t i = 0; i < half + (ngroups & 1); ++i) {
@@ -218,6 +264,7 @@ void gemm_r4_cols(const GemmArgs& g, int64_t n0) {
         const uint8_t* w1 = g.W + g1 * g.w_group_bytes;
         __m512 acc[NC];
         for (int n = 0; n < NC; ++n) acc[n] = _mm512_setzero_ps();
+        const uint8_t* corr[NC] = {};
         for (int64_t b4 = 0; b4 < nb4; b4 += 4) {
             // Per column, the group's four d (bf16) and d * s converted at once (the same float
             // operations per block as one at a time).
@@ -227,19 +274,22 @@ void gemm_r4_cols(const GemmArgs& g, int64_t n0) {
                 ag[n] = acts[n] + act::kQ82GroupBytes * (b4 / 4);
                 const __m128 d = _mm_castsi128_ps(
                     _mm_slli_epi32(_mm_cvtepu16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(ag[n] + act::kQ82GroupD))), 16));
-                const __m128 m = _mm_cvtepi32_ps(_mm_cvtepi16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(ag[n] + act::kQ82GroupS))));
                 _mm_store_ps(d4[n], d);
-                _mm_store_ps(m4[n], _mm_mul_ps(vmin, _mm_mul_ps(d, m)));
+                if constexpr (!kNl) {
+                    const __m128 m = _mm_cvtepi32_ps(_mm_cvtepi16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(ag[n] + act::kQ82GroupS))));
+                    _mm_store_ps(m4[n], _mm_mul_ps(vmin, _mm_mul_ps(d, m)));
+                }
             }
             for (int k = 0; k < 4; ++k) {
                 float sc[NC][2];
                 const uint8_t* qy[NC];
                 for (int n = 0; n < NC; ++n) {
                     sc[n][0] = d4[n][k];
-                    sc[n][1] = m4[n][k];
+                    sc[n][1] = kNl ? 0.0f : m4[n][k];
                     qy[n] = ag[n] + act::kQ82GroupQs + 32 * k;
+                    if constexpr (kNl) corr[n] = corr0 + (n * nb + b4 + k) * 32;
                 }
-                r4_block<kR4Type, NC>(w0 + (b4 + k) * B, w1 + (b4 + k) * B, qy, sc, acc);
+                r4_block<kR4Type, NC>(w0 + (b4 + k) * B, w1 + (b4 + k) * B, tv, qy, sc, corr, acc);
             }
         }
         for (int64_t b = nb4; b < nb; ++b) {
@@ -250,8 +300,9 @@ void gemm_r4_cols(const GemmArgs& g, int64_t n0) {
                 sc[n][0] = bf16_to_fp32(rd_u16(ab + act::kQ82D));
                 sc[n][1] = half_min * (sc[n][0] * (float)(int16_t)rd_u16(ab + act::kQ82S));
                 qy[n] = ab + act::kQ82Qs;
+                if constexpr (kNl) corr[n] = corr0 + (n * nb + b) * 32;
             }
-            r4_block<kR4Type, NC>(w0 + b * B, w1 + b * B, qy, sc, acc);
+            r4_block<kR4Type, NC>(w0 + b * B, w1 + b * B, tv, qy, sc, corr, acc);
         }
         for (int n = 0; n < NC; ++n) {
             const __m256 lo = _mm512_castps512_ps256(acc[n]), hi = _mm512_extractf32x8_ps(acc[n], 1);
@@ -289,17 +340,18 @@ inline void r8_prepare2(const uint8_t* b0, const uint8_t* b1, __m512i v[8]) {
         v[l + 4] = _mm512_and_si512(_mm512_srli_epi16(bits, 4), m4);
     }
 }
+// Activation dword j of the block broadcast from memory (a load, no shuffle).
+inline __m512i bcast_dword(const uint8_t* p) { return _mm512_broadcastd_epi32(_mm_loadu_si32(p)); }
 inline __m512i r8_dot2(const __m512i v[8], const uint8_t* q) {
-    const __m512i yl = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q)));
-    const __m512i yh = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 16)));
-    __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), v[0], _mm512_shuffle_epi32(yl, _MM_PERM_AAAA));
-    s = _mm512_dpbusd_epi32(s, v[1], _mm512_shuffle_epi32(yl, _MM_PERM_BBBB));
-    s = _mm512_dpbusd_epi32(s, v[2], _mm512_shuffle_epi32(yl, _MM_PERM_CCCC));
-    s = _mm512_dpbusd_epi32(s, v[3], _mm512_shuffle_epi32(yl, _MM_PERM_DDDD));
-    s = _mm512_dpbusd_epi32(s, v[4], _mm512_shuffle_epi32(yh, _MM_PERM_AAAA));
-    s = _mm512_dpbusd_epi32(s, v[5], _mm512_shuffle_epi32(yh, _MM_PERM_BBBB));
-    s = _mm512_dpbusd_epi32(s, v[6], _mm512_shuffle_epi32(yh, _MM_PERM_CCCC));
-    return _mm512_dpbusd_epi32(s, v[7], _mm512_shuffle_epi32(yh, _MM_PERM_DDDD));
+    // v[l] pairs with dword l of the low 16 quants, v[l + 4] with dword l of the high 16.
+    __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), v[0], bcast_dword(q));
+    s = _mm512_dpbusd_epi32(s, v[1], bcast_dword(q + 4));
+    s = _mm512_dpbusd_epi32(s, v[2], bcast_dword(q + 8));
+    s = _mm512_dpbusd_epi32(s, v[3], bcast_dword(q + 12));
+    s = _mm512_dpbusd_epi32(s, v[4], bcast_dword(q + 16));
+    s = _mm512_dpbusd_epi32(s, v[5], bcast_dword(q + 20));
+    s = _mm512_dpbusd_epi32(s, v[6], bcast_dword(q + 24));
+    return _mm512_dpbusd_epi32(s, v[7], bcast_dword(q + 28));
 }
 inline __m512 r8_scales2(const uint8_t* b0, const uint8_t* b1) {
     return _mm512_cvtph_ps(join2x128(b0, b1));
@@ -322,39 +374,52 @@ void gemm_q4_0_r8_cols(const GemmArgs& g, int64_t n0) {
         const uint8_t* w1 = g.W + g1 * g.w_group_bytes;
         __m512 acc[NC], acc2[NC];
         for (int n = 0; n < NC; ++n) acc[n] = acc2[n] = _mm512_setzero_ps();
+        // Per column, the activation scale d and d * s of the current group of 4 blocks,
+        // converted 4 at a time into memory (broadcast loads later; same float operations).
+        alignas(16) float da4[NC][4], mm4[NC][4];
         for (int64_t b = 0; b < nb; ++b) {
             const uint8_t* b0 = w0 + b * kR8Q4Bytes;
             const uint8_t* b1 = w1 + b * kR8Q4Bytes;
             prefetch_r8(b0);
             prefetch_r8(b1);
             const __m512 dw = r8_scales2(b0, b1);
-            if (!kSingle && b < nb4 && b % 4 == 0) {
-                __m512 d4[4];
-                d4[0] = dw;
-                for (int k = 1; k < 4; ++k) d4[k] = r8_scales2(b0 + k * kR8Q4Bytes, b1 + k * kR8Q4Bytes);
+            const int k = (int)(b % 4);
+            if (b < nb4 && k == 0) {
                 for (int n = 0; n < NC; ++n) {
-                    float mv[4];
-                    for (int k = 0; k < 4; ++k) {
-                        const uint8_t* a = acts[n];
-                        mv[k] = bf16_to_fp32(rd_u16(a + act::q82_d_offset(b + k, nb4))) *
-                                (float)(int16_t)rd_u16(a + act::q82_s_offset(b + k, nb4));
+                    const uint8_t* ag = acts[n] + act::kQ82GroupBytes * (b / 4);
+                    const __m128 d = _mm_castsi128_ps(
+                        _mm_slli_epi32(_mm_cvtepu16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(ag + act::kQ82GroupD))), 16));
+                    const __m128 m = _mm_cvtepi32_ps(_mm_cvtepi16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(ag + act::kQ82GroupS))));
+                    _mm_store_ps(da4[n], d);
+                    _mm_store_ps(mm4[n], _mm_mul_ps(d, m));
+                }
+                if (!kSingle) {
+                    __m512 d4[4];
+                    d4[0] = dw;
+                    for (int kk = 1; kk < 4; ++kk) d4[kk] = r8_scales2(b0 + kk * kR8Q4Bytes, b1 + kk * kR8Q4Bytes);
+                    for (int n = 0; n < NC; ++n) {
+                        __m512 sf = _mm512_mul_ps(d4[0], _mm512_set1_ps(mm4[n][0]));
+                        for (int kk = 1; kk < 4; ++kk) sf = _mm512_fmadd_ps(d4[kk], _mm512_set1_ps(mm4[n][kk]), sf);
+                        acc[n] = _mm512_fmadd_ps(sf, m8, acc[n]);
                     }
-                    __m512 sf = _mm512_mul_ps(d4[0], _mm512_set1_ps(mv[0]));
-                    for (int k = 1; k < 4; ++k) sf = _mm512_fmadd_ps(d4[k], _mm512_set1_ps(mv[k]), sf);
-                    acc[n] = _mm512_fmadd_ps(sf, m8, acc[n]);
+                }
+            } else if (b >= nb4) {
+                for (int n = 0; n < NC; ++n) {
+                    const uint8_t* a = acts[n] + act::kQ82Bytes * b;
+                    da4[n][0] = bf16_to_fp32(rd_u16(a + act::kQ82D));
+                    mm4[n][0] = da4[n][0] * (float)(int16_t)rd_u16(a + act::kQ82S);
                 }
             }
+            const int ks = b < nb4 ? k : 0;
             __m512i v[8];
             r8_prepare2(b0, b1, v);
             const __m512 dwm = _mm512_mul_ps(dw, m8);
             for (int n = 0; n < NC; ++n) {
                 const uint8_t* a = acts[n];
-                const float da = bf16_to_fp32(rd_u16(a + act::q82_d_offset(b, nb4)));
-                const float mm = da * (float)(int16_t)rd_u16(a + act::q82_s_offset(b, nb4));
                 const __m512i sumi = r8_dot2(v, a + act::q82_qs_offset(b, nb4));
-                acc[n] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(da)), _mm512_cvtepi32_ps(sumi), acc[n]);
-                if (kSingle) acc2[n] = _mm512_fmadd_ps(dw, _mm512_set1_ps(mm), acc2[n]);
-                else if (b >= nb4) acc[n] = _mm512_fmadd_ps(dwm, _mm512_set1_ps(mm), acc[n]);
+                acc[n] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(da4[n][ks])), _mm512_cvtepi32_ps(sumi), acc[n]);
+                if (kSingle) acc2[n] = _mm512_fmadd_ps(dw, _mm512_set1_ps(mm4[n][ks]), acc2[n]);
+                else if (b >= nb4) acc[n] = _mm512_fmadd_ps(dwm, _mm512_set1_ps(mm4[n][ks]), acc[n]);
             }
         }
         for (int n = 0; n < NC; ++n) {
