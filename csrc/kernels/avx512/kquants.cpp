@@ -54,14 +54,12 @@ void gemm_q6_K(const GemmArgs& g) {
 // below 64 (all that the q4_K / q5_K conversions produce); a block holding a larger byte (raw
 // data only) takes the AVX2 chain, so the results are those of the AVX2 set for any bytes.
 inline __m256i ld32(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+// Four bytes broadcast to every dword straight from memory (one load, no shuffle unit).
+inline __m512i bcast_mem(const uint8_t* p) { return _mm512_broadcastd_epi32(_mm_loadu_si32(p)); }
 
 inline __m256i dot16_vnni(const __m256i* qx, const int8_t* y16) {
     __m256i s = _mm256_setzero_si256();
-    for (int j = 0; j < 4; ++j) {
-        int32_t v;
-        std::memcpy(&v, y16 + 4 * j, 4);
-        s = _mm256_dpbusd_epi32(s, qx[j], _mm256_set1_epi32(v));
-    }
+    for (int j = 0; j < 4; ++j) s = _mm256_dpbusd_epi32(s, qx[j], _mm256_broadcastd_epi32(_mm_loadu_si32(y16 + 4 * j)));
     return s;
 }
 inline __m256i dot16_exact(const __m256i* qx, const int8_t* y16) {
@@ -178,36 +176,40 @@ void q8_1_r8_pair(const GemmArgs& g, int64_t n0, int64_t grp) {
             __m512i any = q[0];
             for (int l = 1; l < 8; ++l) any = _mm512_or_si512(any, q[l]);
             const bool small = _mm512_test_epi8_mask(any, hi2) == 0;
+            if (small) {
+                // Every column in registers (fully unrolled); the activation dwords are
+                // broadcast straight from memory.
+#pragma GCC unroll 8
+                for (int n = 0; n < NC; ++n) {
+                    const uint8_t* y = acts[n] + act::kQ82GroupBytes * i4 + act::kQ82GroupQs + 32 * ib;
+                    const __m512 c = _mm512_mul_ps(dw, _mm512_set1_ps(d8[n][ib]));
+                    __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[0], bcast_mem(y));
+                    __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[1], bcast_mem(y + 4));
+                    __m512i t0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[4], bcast_mem(y + 16));
+                    __m512i t1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[5], bcast_mem(y + 20));
+                    s0 = _mm512_dpbusd_epi32(s0, q[2], bcast_mem(y + 8));
+                    s1 = _mm512_dpbusd_epi32(s1, q[3], bcast_mem(y + 12));
+                    t0 = _mm512_dpbusd_epi32(t0, q[6], bcast_mem(y + 24));
+                    t1 = _mm512_dpbusd_epi32(t1, q[7], bcast_mem(y + 28));
+                    acc[n] = _mm512_fmadd_ps(c, _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), acc[n]);
+                    acc[n] = _mm512_fmadd_ps(c, _mm512_cvtepi32_ps(_mm512_add_epi32(t0, t1)), acc[n]);
+                }
+                continue;
+            }
             for (int n = 0; n < NC; ++n) {
                 const int8_t* y = reinterpret_cast<const int8_t*>(acts[n] + act::kQ82GroupBytes * i4 + act::kQ82GroupQs + 32 * ib);
                 const __m512 c = _mm512_mul_ps(dw, _mm512_set1_ps(d8[n][ib]));
-                __m512i lo, hi;
-                if (small) {
-                    int32_t a[8];
-                    std::memcpy(a, y, 32);
-                    __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[0], _mm512_set1_epi32(a[0]));
-                    __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[1], _mm512_set1_epi32(a[1]));
-                    __m512i t0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[4], _mm512_set1_epi32(a[4]));
-                    __m512i t1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[5], _mm512_set1_epi32(a[5]));
-                    s0 = _mm512_dpbusd_epi32(s0, q[2], _mm512_set1_epi32(a[2]));
-                    s1 = _mm512_dpbusd_epi32(s1, q[3], _mm512_set1_epi32(a[3]));
-                    t0 = _mm512_dpbusd_epi32(t0, q[6], _mm512_set1_epi32(a[6]));
-                    t1 = _mm512_dpbusd_epi32(t1, q[7], _mm512_set1_epi32(a[7]));
-                    lo = _mm512_add_epi32(s0, s1);
-                    hi = _mm512_add_epi32(t0, t1);
-                } else {
-                    __m256i qa[4], qb[4];
-                    for (int j = 0; j < 4; ++j) {
-                        qa[j] = _mm512_castsi512_si256(q[j]);
-                        qb[j] = _mm512_extracti64x4_epi64(q[j], 1);
-                    }
-                    lo = _mm512_inserti64x4(_mm512_castsi256_si512(dot16_exact(qa, y)), dot16_exact(qb, y), 1);
-                    for (int j = 0; j < 4; ++j) {
-                        qa[j] = _mm512_castsi512_si256(q[4 + j]);
-                        qb[j] = _mm512_extracti64x4_epi64(q[4 + j], 1);
-                    }
-                    hi = _mm512_inserti64x4(_mm512_castsi256_si512(dot16_exact(qa, y + 16)), dot16_exact(qb, y + 16), 1);
+                __m256i qa[4], qb[4];
+                for (int j = 0; j < 4; ++j) {
+                    qa[j] = _mm512_castsi512_si256(q[j]);
+                    qb[j] = _mm512_extracti64x4_epi64(q[j], 1);
                 }
+                const __m512i lo = _mm512_inserti64x4(_mm512_castsi256_si512(dot16_exact(qa, y)), dot16_exact(qb, y), 1);
+                for (int j = 0; j < 4; ++j) {
+                    qa[j] = _mm512_castsi512_si256(q[4 + j]);
+                    qb[j] = _mm512_extracti64x4_epi64(q[4 + j], 1);
+                }
+                const __m512i hi = _mm512_inserti64x4(_mm512_castsi256_si512(dot16_exact(qa, y + 16)), dot16_exact(qb, y + 16), 1);
                 acc[n] = _mm512_fmadd_ps(c, _mm512_cvtepi32_ps(lo), acc[n]);
                 acc[n] = _mm512_fmadd_ps(c, _mm512_cvtepi32_ps(hi), acc[n]);
             }

@@ -25,11 +25,9 @@ namespace iqkq {
 namespace {
 
 inline __m256i load32(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
-inline __m256i bcast32(const uint8_t* p) {
-    int32_t v;
-    std::memcpy(&v, p, 4);
-    return _mm256_set1_epi32(v);
-}
+inline __m256i bcast32(const uint8_t* p) { return _mm256_broadcastd_epi32(_mm_loadu_si32(p)); }
+// Four bytes broadcast to every dword straight from memory (one load, no shuffle unit).
+inline __m512i bcast64(const uint8_t* p) { return _mm512_broadcastd_epi32(_mm_loadu_si32(p)); }
 
 // Kernel (C) q8_k_r8 x q8_K. NC columns at once, two accumulators per column so that the
 // dependent VPDPBUSD chains are short enough to keep both multiply pipes busy (AVX512-VL
@@ -111,15 +109,10 @@ void q8_k_r8_pairs(const GemmArgs& g, int64_t n0) {
                 }
                 for (int n = 0; n < NC; ++n) {
                     const uint8_t* aq = acts[n] + i * act::kQ8KBytes + act::kQ8KQs + 4 * m;
-                    int32_t a0, a1, a2, a3;
-                    std::memcpy(&a0, aq, 4);
-                    std::memcpy(&a1, aq + 4, 4);
-                    std::memcpy(&a2, aq + 8, 4);
-                    std::memcpy(&a3, aq + 12, 4);
-                    s0[n] = _mm512_dpbusd_epi32(s0[n], wv[0], _mm512_set1_epi32(a0));
-                    s1[n] = _mm512_dpbusd_epi32(s1[n], wv[1], _mm512_set1_epi32(a1));
-                    s0[n] = _mm512_dpbusd_epi32(s0[n], wv[2], _mm512_set1_epi32(a2));
-                    s1[n] = _mm512_dpbusd_epi32(s1[n], wv[3], _mm512_set1_epi32(a3));
+                    s0[n] = _mm512_dpbusd_epi32(s0[n], wv[0], bcast64(aq));
+                    s1[n] = _mm512_dpbusd_epi32(s1[n], wv[1], bcast64(aq + 4));
+                    s0[n] = _mm512_dpbusd_epi32(s0[n], wv[2], bcast64(aq + 8));
+                    s1[n] = _mm512_dpbusd_epi32(s1[n], wv[3], bcast64(aq + 12));
                 }
             }
             const __m256i dh = _mm256_inserti128_si256(
@@ -225,13 +218,11 @@ void q8_0_r8_pair(const GemmArgs& g, int64_t n0, int64_t grp) {
         const __m512 dw = _mm512_cvtph_ps(dh);
         for (int n = 0; n < NC; ++n) {
             const uint8_t* aq = acts[n] + o.quants;
-            int32_t a[8];
-            std::memcpy(a, aq, 32);
-            __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[0], _mm512_set1_epi32(a[0]));
-            __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[1], _mm512_set1_epi32(a[1]));
+            __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[0], bcast64(aq));
+            __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[1], bcast64(aq + 4));
             for (int l = 2; l < 8; l += 2) {
-                s0 = _mm512_dpbusd_epi32(s0, wv[l], _mm512_set1_epi32(a[l]));
-                s1 = _mm512_dpbusd_epi32(s1, wv[l + 1], _mm512_set1_epi32(a[l + 1]));
+                s0 = _mm512_dpbusd_epi32(s0, wv[l], bcast64(aq + 4 * l));
+                s1 = _mm512_dpbusd_epi32(s1, wv[l + 1], bcast64(aq + 4 * l + 4));
             }
             const int32_t bsum = (int16_t)rd_u16(acts[n] + o.sum);
             const __m512i P = _mm512_sub_epi32(_mm512_add_epi32(s0, s1), _mm512_set1_epi32(bsum * 128));
