@@ -58,7 +58,7 @@ void gemm_q8_1_r8_cols(const GemmArgs& g, int64_t n0) {
         for (int n = 0; n < NC; ++n) acc[n] = _mm256_setzero_ps();
         for (int64_t i4 = 0; i4 < nb / 4; ++i4) {
             const uint8_t* blk = w + 4 * i4 * kQ81Bytes;
-            _mm_prefetch((const char*)(blk + 4 * kQ81Bytes), _MM_HINT_T0);
+            IQKQ_PREFETCH((const char*)(blk + 4 * kQ81Bytes), _MM_HINT_T0);
             __m256 mx[4];
             for (int ib = 0; ib < 4; ++ib)
                 mx[ib] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + ib * kQ81Bytes + 16)));

@@ -83,8 +83,8 @@ void gemm_base_cols(const GemmArgs& g, int64_t n0) {
         for (int n = 0; n < NC; ++n) acc[n] = accm[n] = _mm256_setzero_ps();
         for (int64_t b = 0; b < nb4; b += 4) {
             const uint8_t* blk = w + b * B;
-            _mm_prefetch((const char*)(blk + kPrefetch), _MM_HINT_T0);
-            _mm_prefetch((const char*)(blk + kPrefetch + 64), _MM_HINT_T0);
+            IQKQ_PREFETCH((const char*)(blk + kPrefetch), _MM_HINT_T0);
+            IQKQ_PREFETCH((const char*)(blk + kPrefetch + 64), _MM_HINT_T0);
             const __m256 dw = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(weight_scales4<B>(blk)), lane_order);
             __m256i lo01, hi01, lo23, hi23;
             Pair<Dec>::codes(blk, blk + B, lo01, hi01);
@@ -187,8 +187,8 @@ void gemm_r4_cols(const GemmArgs& g, int64_t n0) {
         for (int n = 0; n < NC; ++n) acc[n] = _mm256_setzero_ps();
         for (int64_t b = 0; b < nb; ++b) {
             const uint8_t* blk = w + b * B;
-            _mm_prefetch((const char*)(blk + kPrefetch), _MM_HINT_T0);
-            _mm_prefetch((const char*)(blk + kPrefetch + 64), _MM_HINT_T0);
+            IQKQ_PREFETCH((const char*)(blk + kPrefetch), _MM_HINT_T0);
+            IQKQ_PREFETCH((const char*)(blk + kPrefetch + 64), _MM_HINT_T0);
             const __m128 s4 = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk)));
             const __m256 dw = _mm256_set_m128(s4, s4);
             __m256i q[4];
@@ -242,7 +242,7 @@ inline __m256i r8_dot(const __m256i v[8], const uint8_t* q) {
 }
 
 inline void prefetch_r8(const uint8_t* blk) {
-    for (int l = 0; l < 3; ++l) _mm_prefetch((const char*)(blk + kPrefetch + 64 * l), _MM_HINT_T0);
+    for (int l = 0; l < 3; ++l) IQKQ_PREFETCH((const char*)(blk + kPrefetch + 64 * l), _MM_HINT_T0);
 }
 
 inline __m256 r8_scales(const uint8_t* blk) { return _mm256_cvtph_ps(load16(blk)); }

@@ -167,8 +167,8 @@ void gemm_q8_0_cols(const GemmArgs& g, int64_t n0) {
         for (int n = 0; n < NC; ++n) acc[n] = _mm256_setzero_ps();
         for (int64_t b = 0; b < nb4; b += 4) {
             const uint8_t* blk = w + b * kBytes;
-            _mm_prefetch((const char*)(blk + 512), _MM_HINT_T0);
-            _mm_prefetch((const char*)(blk + 580), _MM_HINT_T0);
+            IQKQ_PREFETCH((const char*)(blk + 512), _MM_HINT_T0);
+            IQKQ_PREFETCH((const char*)(blk + 580), _MM_HINT_T0);
             const __m128 dw = weight_scales4(blk);
             __m256i wq[4], wa[4];
             for (int t = 0; t < 4; ++t) {

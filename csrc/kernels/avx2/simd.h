@@ -6,6 +6,19 @@
 
 #include "types.h"
 
+// Software prefetch of weight data. IQKQ_SWPF=0 at build time turns every one off (for
+// measuring what the hardware prefetcher alone does); 2 maps every hint to L2 (_MM_HINT_T1).
+#ifndef IQKQ_SWPF
+#define IQKQ_SWPF 1
+#endif
+#if IQKQ_SWPF == 0
+#define IQKQ_PREFETCH(p, hint) ((void)(p))
+#elif IQKQ_SWPF == 2
+#define IQKQ_PREFETCH(p, hint) _mm_prefetch((const char*)(p), _MM_HINT_T1)
+#else
+#define IQKQ_PREFETCH(p, hint) _mm_prefetch((const char*)(p), hint)
+#endif
+
 namespace iqkq {
 namespace avx2 {
 

@@ -568,8 +568,8 @@ void gemm_f8(const GemmArgs& g) {
             // (Integer addresses: past the last pair they point beyond W; prefetches never fault.)
             const uintptr_t next = (uintptr_t)w0 + 2 * g.w_group_bytes + (uintptr_t)(i * kR4Bytes);
             for (int k = 0; k < kR4Bytes; k += 64) {
-                _mm_prefetch(reinterpret_cast<const char*>(next + k), _MM_HINT_T0);
-                _mm_prefetch(reinterpret_cast<const char*>(next + g.w_group_bytes + k), _MM_HINT_T0);
+                IQKQ_PREFETCH(reinterpret_cast<const char*>(next + k), _MM_HINT_T0);
+                IQKQ_PREFETCH(reinterpret_cast<const char*>(next + g.w_group_bytes + k), _MM_HINT_T0);
             }
             DecF8 D;
             decode_f8(w0 + i * kR4Bytes, w1 + i * kR4Bytes, D);
@@ -724,7 +724,7 @@ void convert_to_q8_k_r8(const uint8_t* src, uint8_t* dst, int64_t nrows, int64_t
             // fetched in address order meanwhile, 1 / nbl of them per super-block. (Integer
             // addresses: past the last group they point beyond src; prefetches never fault.)
             for (uintptr_t a = (uintptr_t)(w + 8 * row) + (uintptr_t)(i * pf_step), e = a + pf_step; a < e; a += 64)
-                _mm_prefetch(reinterpret_cast<const char*>(a), _MM_HINT_T0);
+                IQKQ_PREFETCH(reinterpret_cast<const char*>(a), _MM_HINT_T0);
             for (int r = 0; r < 8; ++r) {
                 const uint8_t* blk = w + r * row + i * kBytes;
                 d16[r] = rd_u16(blk);

@@ -165,7 +165,7 @@ inline void e_pair(const GemmArgs& g, const ActE* const* P, const uint8_t* A, in
     const uintptr_t next = (uintptr_t)w0 + 2 * g.w_group_bytes;
     for (int64_t i = 0; i < nsuper; ++i) {
         for (int k = 0; k < 2 * kSuperBytes + 64; k += 64)
-            _mm_prefetch(reinterpret_cast<const char*>(next + (uintptr_t)(i * 2 * kSuperBytes + k)), _MM_HINT_T0);
+            IQKQ_PREFETCH(reinterpret_cast<const char*>(next + (uintptr_t)(i * 2 * kSuperBytes + k)), _MM_HINT_T0);
         RowE R0, R1;
         decode_e(w0 + kRowMeta + i * kSuperBytes, tab, R0);
         decode_e(w1 + kRowMeta + i * kSuperBytes, tab, R1);
@@ -357,7 +357,7 @@ inline void g_pair(const ActG* const* P, int64_t nsuper, const uint8_t* w0, cons
         // the next pair, in address order (see e_cols); into L2 only: it is 2 x 8.7 KB ahead for
         // K = 4096, and in L1 it would evict the pair being read (measured: 15 vs 22 GB/s)
         for (int k = 0; k < 2 * kR4Bytes; k += 64)
-            _mm_prefetch(reinterpret_cast<const char*>(next + (uintptr_t)(i * 2 * kR4Bytes + k)), _MM_HINT_T2);
+            IQKQ_PREFETCH(reinterpret_cast<const char*>(next + (uintptr_t)(i * 2 * kR4Bytes + k)), _MM_HINT_T2);
         ScalesG S;
         scales_g(s0, s1, S);
         for (int t = 0; t < 4; ++t)
@@ -491,7 +491,7 @@ void convert_to_q8_k_r8(const uint8_t* src, uint8_t* dst, int64_t nrows, int64_t
             // fetched in address order meanwhile, 1 / nsuper of them per super-block. (Integer
             // addresses: past the last group they point beyond src; prefetches never fault.)
             for (uintptr_t a = (uintptr_t)(w + 8 * rb) + (uintptr_t)(i * pf_step), e = a + pf_step; a < e; a += 64)
-                _mm_prefetch(reinterpret_cast<const char*>(a), _MM_HINT_T0);
+                IQKQ_PREFETCH(reinterpret_cast<const char*>(a), _MM_HINT_T0);
             alignas(64) uint64_t sc[8];
             for (int r = 0; r < 8; ++r) std::memcpy(&sc[r], sb + r * rb, 8);
             const __m512i S = _mm512_load_si512(sc);  // byte 8 r + b: scale of row r, block b

@@ -85,8 +85,8 @@ void q8_1_r8_cols(const GemmArgs& g, int64_t n0, int64_t grp) {
         for (int n = 0; n < NC; ++n) acc[n] = _mm256_setzero_ps();
         for (int64_t i4 = 0; i4 < nb / 4; ++i4) {
             const uint8_t* blk = w + 4 * i4 * kQ81Bytes;
-            _mm_prefetch((const char*)(blk + 4 * kQ81Bytes), _MM_HINT_T0);
-            _mm_prefetch((const char*)(blk + 4 * kQ81Bytes + 64), _MM_HINT_T0);
+            IQKQ_PREFETCH((const char*)(blk + 4 * kQ81Bytes), _MM_HINT_T0);
+            IQKQ_PREFETCH((const char*)(blk + 4 * kQ81Bytes + 64), _MM_HINT_T0);
             __m256 mx[4];
             for (int ib = 0; ib < 4; ++ib)
                 mx[ib] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + ib * kQ81Bytes + 16)));
@@ -153,8 +153,8 @@ void q8_1_r8_pair(const GemmArgs& g, int64_t n0, int64_t grp) {
     for (int64_t i4 = 0; i4 < nb / 4; ++i4) {
         const uint8_t* ba = wa + 4 * i4 * kQ81Bytes;
         const uint8_t* bb = wb + 4 * i4 * kQ81Bytes;
-        _mm_prefetch((const char*)(ba + 4 * kQ81Bytes), _MM_HINT_T0);
-        _mm_prefetch((const char*)(bb + 4 * kQ81Bytes), _MM_HINT_T0);
+        IQKQ_PREFETCH((const char*)(ba + 4 * kQ81Bytes), _MM_HINT_T0);
+        IQKQ_PREFETCH((const char*)(bb + 4 * kQ81Bytes), _MM_HINT_T0);
         __m512 mx[4];
         for (int ib = 0; ib < 4; ++ib) mx[ib] = ph16(ba + ib * kQ81Bytes + 16, bb + ib * kQ81Bytes + 16);
         float d8[NC][4];
@@ -242,6 +242,11 @@ void gemm_q8_1_r8(const GemmArgs& g) {
 // the exact 16-column sum, as in ik's VNNI256 branch), the float operations per lane are the
 // AVX2 ones: bit-identical. A lone last group runs the AVX2 kernel.
 inline __m512i join(__m256i a, __m256i b) { return _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1); }
+// Software prefetch of both weight streams, whole super-blocks this far ahead, into L2 (T1):
+// on Zen 4 (2 vCPUs, ab_builds --cold) T1 beat T0 by 1.4-1.7x at 1 thread for q4_k_r4 /
+// q5_k_r4 / q6_k_r4 (T0 fills the L1 miss buffers with lines needed microseconds later), and
+// 4 or 16 super-blocks ahead were no better than 8.
+constexpr int kR4PrefetchAhead = 8;
 inline __m512 joinf(__m256 a, __m256 b) { return _mm512_insertf32x8(_mm512_castps256_ps512(a), b, 1); }
 
 template <int kind, int NC, bool One = false>  // 0: q4_k_r4, 1: q5_k_r4; One: ik's one-column order
@@ -263,7 +268,7 @@ void q45_r4_pair(const GemmArgs& g, int64_t n0, int64_t grp, int64_t grp2) {
         alignas(32) uint32_t hd[2][8];
         for (int p = 0; p < 2; ++p) {
             // Two streams (see q45_r4_any): fetch whole super-blocks ahead of both.
-            for (int l = 0; l < bytes; l += 64) _mm_prefetch((const char*)(x[p] + 8 * bytes + l), _MM_HINT_T0);
+            for (int l = 0; l < bytes; l += 64) IQKQ_PREFETCH((const char*)(x[p] + kR4PrefetchAhead * bytes + l), _MM_HINT_T1);
             const __m256 dl = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x[p])));
             d4h[p] = _mm256_permute2f128_ps(dl, dl, 0x00);
             m4h[p] = _mm256_mul_ps(_mm256_set1_ps(-1.0f), _mm256_permute2f128_ps(dl, dl, 0x11));
@@ -393,7 +398,7 @@ void q6_r4_pair(const GemmArgs& g, int64_t n0, int64_t grp, int64_t grp2) {
         __m256 d4h[2];
         __m256i sv[4][2];
         for (int p = 0; p < 2; ++p) {
-            for (int l = 0; l < kQ6R4Bytes; l += 64) _mm_prefetch((const char*)(x[p] + 8 * kQ6R4Bytes + l), _MM_HINT_T0);
+            for (int l = 0; l < kQ6R4Bytes; l += 64) IQKQ_PREFETCH((const char*)(x[p] + kR4PrefetchAhead * kQ6R4Bytes + l), _MM_HINT_T1);
             const __m128 dl = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(x[p])));
             d4h[p] = _mm256_set_m128(dl, dl);
             const uint8_t* sc = x[p] + kQ6R4Scales;

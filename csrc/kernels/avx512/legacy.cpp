@@ -66,10 +66,10 @@ void gemm_base_cols(const GemmArgs& g, int64_t n0) {
         for (int64_t b = 0; b < nb4; b += 4) {
             const uint8_t* b0 = w0 + b * B;
             const uint8_t* b1 = w1 + b * B;
-            _mm_prefetch((const char*)(b0 + kPrefetch), _MM_HINT_T0);
-            _mm_prefetch((const char*)(b0 + kPrefetch + 64), _MM_HINT_T0);
-            _mm_prefetch((const char*)(b1 + kPrefetch), _MM_HINT_T0);
-            _mm_prefetch((const char*)(b1 + kPrefetch + 64), _MM_HINT_T0);
+            IQKQ_PREFETCH((const char*)(b0 + kPrefetch), _MM_HINT_T0);
+            IQKQ_PREFETCH((const char*)(b0 + kPrefetch + 64), _MM_HINT_T0);
+            IQKQ_PREFETCH((const char*)(b1 + kPrefetch), _MM_HINT_T0);
+            IQKQ_PREFETCH((const char*)(b1 + kPrefetch + 64), _MM_HINT_T0);
             const __m256 d8 = _mm256_set_m128(weight_scales4<B>(b1), weight_scales4<B>(b0));
             const __m512 dw = _mm512_permutexvar_ps(lane_order, _mm512_castps256_ps512(d8));
             __m256i l01a, h01a, l23a, h23a, l01b, h01b, l23b, h23b;
@@ -212,10 +212,10 @@ template <int kR4Type, int NC>
 inline void r4_block(const uint8_t* b0, const uint8_t* b1, __m512i tv, const uint8_t* const* qy, const float (*sc)[2],
                      const uint8_t* const* corr, __m512* acc) {
     constexpr bool kOffset = kR4Type != T_IQ4_NL_R4;
-    _mm_prefetch((const char*)(b0 + kPrefetch), _MM_HINT_T0);
-    _mm_prefetch((const char*)(b0 + kPrefetch + 64), _MM_HINT_T0);
-    _mm_prefetch((const char*)(b1 + kPrefetch), _MM_HINT_T0);
-    _mm_prefetch((const char*)(b1 + kPrefetch + 64), _MM_HINT_T0);
+    IQKQ_PREFETCH((const char*)(b0 + kPrefetch), _MM_HINT_T0);
+    IQKQ_PREFETCH((const char*)(b0 + kPrefetch + 64), _MM_HINT_T0);
+    IQKQ_PREFETCH((const char*)(b1 + kPrefetch), _MM_HINT_T0);
+    IQKQ_PREFETCH((const char*)(b1 + kPrefetch + 64), _MM_HINT_T0);
     const __m128 s0 = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b0)));
     const __m128 s1 = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b1)));
     const __m512 dw = joinf(_mm256_set_m128(s0, s0), _mm256_set_m128(s1, s1));
@@ -357,7 +357,7 @@ inline __m512 r8_scales2(const uint8_t* b0, const uint8_t* b1) {
     return _mm512_cvtph_ps(join2x128(b0, b1));
 }
 inline void prefetch_r8(const uint8_t* blk) {
-    for (int l = 0; l < 3; ++l) _mm_prefetch((const char*)(blk + kPrefetch + 64 * l), _MM_HINT_T0);
+    for (int l = 0; l < 3; ++l) IQKQ_PREFETCH((const char*)(blk + kPrefetch + 64 * l), _MM_HINT_T0);
 }
 
 template <int NC, bool kSingle>

@@ -88,8 +88,8 @@ inline void rows_cols(const GemmArgs& g, int64_t r0, const uint8_t* const* acts,
         __m512i w01[NR], w23[NR];
         for (int i = 0; i < NR; ++i) {
             const uint8_t* blk = w[i] + b * kBytes;
-            _mm_prefetch((const char*)(blk + 512), _MM_HINT_T0);
-            _mm_prefetch((const char*)(blk + 580), _MM_HINT_T0);
+            IQKQ_PREFETCH((const char*)(blk + 512), _MM_HINT_T0);
+            IQKQ_PREFETCH((const char*)(blk + 580), _MM_HINT_T0);
             dw[i] = weight_scales4(blk);
             w01[i] = weight_pair(blk);
             w23[i] = weight_pair(blk + 2 * kBytes);
