@@ -3,6 +3,7 @@
 // in the high 256 bits) and VNNI dot products. Every float lane does the same operations in the
 // same order as its AVX2 / scalar twin, so the results are bit-identical (docs/formats.md,
 // "Legacy 32-blocks"); only the exact integer sums are formed differently.
+#include <type_traits>
 #include <vector>
 
 #include "common.h"
@@ -37,6 +38,76 @@ inline __m512i sdot(__m512i w, __m512i a) {
 }
 inline __m512i udot(__m512i u, __m512i a) { return _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, a); }
 
+// Four 16-byte pieces -> one 512-bit vector (p0 in the lowest 128 bits).
+inline __m512i load4x16(const uint8_t* p0, const uint8_t* p1, const uint8_t* p2, const uint8_t* p3) {
+    __m512i v = _mm512_castsi128_si512(load16(p0));
+    v = _mm512_inserti32x4(v, load16(p1), 1);
+    v = _mm512_inserti32x4(v, load16(p2), 2);
+    return _mm512_inserti32x4(v, load16(p3), 3);
+}
+
+// The codes of the block pair (b, b + 1) of two rows (a -> block b of row r0, c -> block b of
+// row r1) in the prepared activation layout: lo = [r0 b lo | r0 b+1 lo | r1 b lo | r1 b+1 lo]
+// (lo / hi = elements 0..15 / 16..31), hi likewise; what kernels/avx2/legacy_dec.h's Pair
+// decoders give per row, made at 512 bits. q5_0's fifth bits come from the four 32-bit qh
+// words as one 64-bit byte mask (a masked add of 0x10, no bit spreading); iq4_nl gives its
+// codebook values + 128 (table tvb, all in 1..241) as dpbusd's unsigned operand, corrected
+// by -128 * (sum of the activation quants) per lane, prepared once per matmul.
+template <typename Dec>
+inline void codes4(const uint8_t* a, const uint8_t* c, __m512i tvb, __m512i& lo, __m512i& hi) {
+    constexpr int B = Dec::D::kBytes;
+    const __m512i m4 = _mm512_set1_epi8(0xf);
+    if constexpr (std::is_same_v<Dec, DecQ6>) {
+        __m256i la, ha, lc, hc;
+        Pair<Dec>::codes(a, a + B, la, ha);
+        Pair<Dec>::codes(c, c + B, lc, hc);
+        lo = join(la, lc);
+        hi = join(ha, hc);
+    } else {
+        constexpr int qs = std::is_same_v<Dec, DecQ5> ? 6 : 2;
+        const __m512i q = load4x16(a + qs, a + B + qs, c + qs, c + B + qs);
+        lo = _mm512_and_si512(q, m4);
+        hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+        if constexpr (std::is_same_v<Dec, DecNL>) {
+            lo = _mm512_shuffle_epi8(tvb, lo);
+            hi = _mm512_shuffle_epi8(tvb, hi);
+        } else if constexpr (std::is_same_v<Dec, DecQ5>) {
+            const uint32_t a0 = rd_u32(a + 2), a1 = rd_u32(a + B + 2), c0 = rd_u32(c + 2), c1 = rd_u32(c + B + 2);
+            const uint64_t mlo = (uint64_t)((a0 & 0xffffu) | (a1 << 16)) | ((uint64_t)((c0 & 0xffffu) | (c1 << 16)) << 32);
+            const uint64_t mhi =
+                (uint64_t)((a0 >> 16) | (a1 & 0xffff0000u)) | ((uint64_t)((c0 >> 16) | (c1 & 0xffff0000u)) << 32);
+            const __m512i m10 = _mm512_set1_epi8(0x10);
+            lo = _mm512_mask_add_epi8(lo, _cvtu64_mask64(mlo), lo, m10);
+            hi = _mm512_mask_add_epi8(hi, _cvtu64_mask64(mhi), hi, m10);
+        }
+    }
+}
+
+// iq4_nl's prepared activations: the AVX2 layout (kernels/avx2/legacy.cpp, prepare_base) with
+// the unused d * s slot holding, per lane of the lane order P, -128 * the sum of the 16 quants
+// that lane's dot product covers (the correction of codes4's biased codebook).
+void prepare_nl(const uint8_t* a, uint8_t* out, int64_t K) {
+    static const int kBlk[8] = {0, 2, 0, 2, 1, 3, 1, 3}, kHalf[8] = {0, 0, 1, 1, 0, 0, 1, 1};
+    const int64_t ng = K / 128;
+    for (int64_t gi = 0; gi < ng; ++gi, a += act::kQ82GroupBytes, out += kPrepGroup) {
+        const uint8_t* q = a + act::kQ82GroupQs;
+        for (int l = 0; l < 8; ++l) {
+            wr_f32(out + 4 * l, bf16_to_fp32(rd_u16(a + act::kQ82GroupD + 2 * kBlk[l])));
+            int32_t sum = 0;
+            for (int e = 0; e < 16; ++e) sum += (int8_t)q[32 * kBlk[l] + 16 * kHalf[l] + e];
+            const int32_t corr = -128 * sum;
+            std::memcpy(out + 32 + 4 * l, &corr, 4);
+        }
+        for (int p = 0; p < 2; ++p) {
+            uint8_t* o = out + 64 + 64 * p;
+            std::memcpy(o, q + 64 * p, 16);
+            std::memcpy(o + 16, q + 64 * p + 32, 16);
+            std::memcpy(o + 32, q + 64 * p + 16, 16);
+            std::memcpy(o + 48, q + 64 * p + 48, 16);
+        }
+    }
+}
+
 template <typename Dec, int NC>
 void gemm_base_cols(const GemmArgs& g, int64_t n0) {
     using D = typename Dec::D;
@@ -49,6 +120,8 @@ void gemm_base_cols(const GemmArgs& g, int64_t n0) {
         acts[n] = g.A + (n0 + n) * g.a_row_bytes;
         preps[n] = g.P + (n0 + n) * g.p_row_bytes;
     }
+    const __m512i tvb = _mm512_xor_si512(
+        _mm512_broadcast_i32x4(load16(reinterpret_cast<const uint8_t*>(iq4nl_values()))), _mm512_set1_epi8((char)0x80));
     const __m512 mmin = _mm512_set1_ps(-(float)D::kMin);
     const __m512i lane_order = _mm512_setr_epi32(0, 2, 0, 2, 1, 3, 1, 3, 4, 6, 4, 6, 5, 7, 5, 7);
     const __m256i to_p = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
@@ -72,32 +145,20 @@ void gemm_base_cols(const GemmArgs& g, int64_t n0) {
             IQKQ_PREFETCH((const char*)(b1 + kPrefetch + 64), _MM_HINT_T0);
             const __m256 d8 = _mm256_set_m128(weight_scales4<B>(b1), weight_scales4<B>(b0));
             const __m512 dw = _mm512_permutexvar_ps(lane_order, _mm512_castps256_ps512(d8));
-            __m256i l01a, h01a, l23a, h23a, l01b, h01b, l23b, h23b;
-            Pair<Dec>::codes(b0, b0 + B, l01a, h01a);
-            Pair<Dec>::codes(b0 + 2 * B, b0 + 3 * B, l23a, h23a);
-            Pair<Dec>::codes(b1, b1 + B, l01b, h01b);
-            Pair<Dec>::codes(b1 + 2 * B, b1 + 3 * B, l23b, h23b);
-            const __m512i lo01 = join(l01a, l01b), hi01 = join(h01a, h01b);
-            const __m512i lo23 = join(l23a, l23b), hi23 = join(h23a, h23b);
+            __m512i lo01, hi01, lo23, hi23;
+            codes4<Dec>(b0, b1, tvb, lo01, hi01);
+            codes4<Dec>(b0 + 2 * B, b1 + 2 * B, tvb, lo23, hi23);
             const __m512 dm = _mm512_mul_ps(dw, mmin);
             for (int n = 0; n < NC; ++n) {
                 const uint8_t* pg = preps[n] + kPrepGroup * (b / 4);
                 auto bc = [pg](int off) {
                     return _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(pg + off)));
                 };
-                __m512i x01, y01, x23, y23;
-                if constexpr (kSigned) {
-                    x01 = sdot(lo01, bc(64));
-                    y01 = sdot(hi01, bc(96));
-                    x23 = sdot(lo23, bc(128));
-                    y23 = sdot(hi23, bc(160));
-                } else {
-                    x01 = udot(lo01, bc(64));
-                    y01 = udot(hi01, bc(96));
-                    x23 = udot(lo23, bc(128));
-                    y23 = udot(hi23, bc(160));
-                }
-                const __m512i P = hadd_lanes(hadd_lanes(x01, x23), hadd_lanes(y01, y23));
+                // iq4_nl: biased codes (unsigned), the prepared correction in the d * s slot.
+                const __m512i x01 = udot(lo01, bc(64)), y01 = udot(hi01, bc(96));
+                const __m512i x23 = udot(lo23, bc(128)), y23 = udot(hi23, bc(160));
+                __m512i P = hadd_lanes(hadd_lanes(x01, x23), hadd_lanes(y01, y23));
+                if constexpr (kSigned) P = _mm512_add_epi32(P, bc(32));
                 const __m512 da = _mm512_broadcast_f32x8(_mm256_loadu_ps(reinterpret_cast<const float*>(pg)));
                 if constexpr (!kSigned) {
                     const __m512 ds = _mm512_broadcast_f32x8(_mm256_loadu_ps(reinterpret_cast<const float*>(pg + 32)));
@@ -451,6 +512,7 @@ void register_avx512_legacy(KernelTables& t) {
     t.types[T_Q5_0].gemm = gemm_base<DecQ5>;
     t.types[T_Q6_0].gemm = gemm_base<DecQ6>;
     t.types[T_IQ4_NL].gemm = gemm_base<DecNL>;
+    t.types[T_IQ4_NL].prepare_act = prepare_nl;  // same size as the AVX2 layout
     t.types[T_Q5_0_R4].gemm = gemm_r4<T_Q5_0_R4>;
     t.types[T_Q6_0_R4].gemm = gemm_r4<T_Q6_0_R4>;
     t.types[T_IQ4_NL_R4].gemm = gemm_r4<T_IQ4_NL_R4>;
