@@ -83,6 +83,25 @@ inline void codes4(const uint8_t* a, const uint8_t* c, __m512i tvb, __m512i& lo,
     }
 }
 
+// The fp16 scales of blocks b..b+3 of two rows as floats (row r0's in the low 128 bits), as
+// weight_scales4 (kernels/avx2/legacy_dec.h) makes them, with one word permute instead of
+// eight word inserts. Every load stays inside the two 4-block groups (4 * B >= 64 bytes); a
+// fourth scale beyond the first 64 bytes is broadcast into word 31, which is not one of the others.
+template <int B>
+inline __m256 scales8(const uint8_t* b0, const uint8_t* b1) {
+    static_assert(4 * B >= 64 && B <= 30 && B % 2 == 0, "layout of the 4-block group");
+    __m512i v0 = _mm512_loadu_si512(b0), v1 = _mm512_loadu_si512(b1);
+    constexpr int h = B / 2;
+    constexpr bool kFits = 3 * B + 2 <= 64;
+    if constexpr (!kFits) {
+        v0 = _mm512_mask_set1_epi16(v0, (__mmask32)1u << 31, (short)rd_u16(b0 + 3 * B));
+        v1 = _mm512_mask_set1_epi16(v1, (__mmask32)1u << 31, (short)rd_u16(b1 + 3 * B));
+    }
+    constexpr int w3 = kFits ? 3 * h : 31;
+    const __m512i idx = _mm512_castsi128_si512(_mm_setr_epi16(0, h, 2 * h, w3, 32, 32 + h, 32 + 2 * h, 32 + w3));
+    return _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutex2var_epi16(v0, idx, v1)));
+}
+
 // iq4_nl's prepared activations: the AVX2 layout (kernels/avx2/legacy.cpp, prepare_base) with
 // the unused d * s slot holding, per lane of the lane order P, -128 * the sum of the 16 quants
 // that lane's dot product covers (the correction of codes4's biased codebook).
@@ -143,7 +162,7 @@ void gemm_base_cols(const GemmArgs& g, int64_t n0) {
             IQKQ_PREFETCH((const char*)(b0 + kPrefetch + 64), _MM_HINT_T0);
             IQKQ_PREFETCH((const char*)(b1 + kPrefetch), _MM_HINT_T0);
             IQKQ_PREFETCH((const char*)(b1 + kPrefetch + 64), _MM_HINT_T0);
-            const __m256 d8 = _mm256_set_m128(weight_scales4<B>(b1), weight_scales4<B>(b0));
+            const __m256 d8 = scales8<B>(b0, b1);
             const __m512 dw = _mm512_permutexvar_ps(lane_order, _mm512_castps256_ps512(d8));
             __m512i lo01, hi01, lo23, hi23;
             codes4<Dec>(b0, b1, tvb, lo01, hi01);
