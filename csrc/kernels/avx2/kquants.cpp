@@ -270,6 +270,10 @@ void dequantize_q6_K(const uint8_t* src, float* dst, int64_t nrows, int64_t K) {
 void register_avx2_kquants(KernelTables& t) {
     t.types[T_Q4_K].gemm = gemm_q4_K;
     t.types[T_Q5_K].gemm = gemm_q5_K;
+    for (int type : {T_Q4_K, T_Q5_K, T_Q6_K}) {
+        t.types[type].prepare_act = kq_direct::prepare_qK;
+        t.types[type].prepared_bytes = kq_direct::prepared_qK_bytes;
+    }
     t.types[T_Q6_K].gemm = gemm_q6_K;
     t.types[T_Q6_K].to_large_batch = convert_q6_K_q8_0_r8;
     t.types[T_Q6_K].dequantize = dequantize_q6_K;

@@ -5,6 +5,7 @@
 // scalar reference's bits. Included only from files compiled with the matching flags.
 #pragma once
 #include <immintrin.h>
+#include <initializer_list>
 
 #include "common.h"
 #include "formats/act.h"
@@ -59,7 +60,22 @@ inline __m256i combine4(__m256i s1, __m256i s2, __m256i s3, __m256i s4) {
     return _mm256_madd_epi16(_mm256_set1_epi16(1), s1);
 }
 
-// q4_K / q5_K for NC columns.
+// Prepared activations of q4_K / q5_K / q6_K (the prepare_act hook, once per matmul): per super-block
+// i, the 8 block scales dy as the two per-half vectors the kernel multiplies with
+// ([dy0..3, dy0..3], [dy4..7, dy4..7]), then dy * (block sums) — the same float products the
+// kernel would form per row, now formed once per column.
+constexpr int kQKPrep = 96;
+inline void prepare_qK(const uint8_t* a, uint8_t* out, int64_t K) {
+    for (int64_t i = 0; i < K / kSuper; ++i, out += kQKPrep) {
+        const __m256 dy = act_scales8(a, i);
+        _mm256_storeu_ps(reinterpret_cast<float*>(out), _mm256_permute2f128_ps(dy, dy, 0x00));
+        _mm256_storeu_ps(reinterpret_cast<float*>(out + 32), _mm256_permute2f128_ps(dy, dy, 0x11));
+        _mm256_storeu_ps(reinterpret_cast<float*>(out + 64), _mm256_mul_ps(dy, act_sums8(a, i)));
+    }
+}
+inline size_t prepared_qK_bytes(int64_t K) { return (size_t)(K / kSuper) * kQKPrep; }
+
+// q4_K / q5_K for NC columns (activations prepared by prepare_qK).
 template <bool Vnni, bool five, int NC>
 void gemm_qK_cols(const GemmArgs& g, int64_t n0) {
     const int64_t nb = g.K / kSuper;
@@ -67,7 +83,11 @@ void gemm_qK_cols(const GemmArgs& g, int64_t n0) {
     const int qs_off = five ? kQ5Qs : kQ4Qs;
     const __m256i ml = _mm256_set1_epi8(0xf), mh = _mm256_set1_epi8(0x10);
     const uint8_t* acts[NC];
-    for (int n = 0; n < NC; ++n) acts[n] = g.A + (n0 + n) * g.a_row_bytes;
+    const float* prep[NC];
+    for (int n = 0; n < NC; ++n) {
+        acts[n] = g.A + (n0 + n) * g.a_row_bytes;
+        prep[n] = reinterpret_cast<const float*>(g.P + (n0 + n) * g.p_row_bytes);
+    }
     for (int64_t r = 0; r < g.nrows; ++r) {
         const uint8_t* w = g.W + r * g.w_group_bytes;
         __m256 acc[NC];
@@ -77,6 +97,8 @@ void gemm_qK_cols(const GemmArgs& g, int64_t n0) {
             IQKQ_PREFETCH((const char*)(blk + 2 * bytes), _MM_HINT_T0);
             IQKQ_PREFETCH((const char*)(blk + 2 * bytes + 64), _MM_HINT_T0);
             IQKQ_PREFETCH((const char*)(blk + 2 * bytes + 128), _MM_HINT_T0);
+            const float* pi[NC];
+            for (int n = 0; n < NC; ++n) pi[n] = prep[n] + (kQKPrep / 4) * i;
             const float d = _cvtsh_ss(rd_u16(blk));
             const __m256 vm = _mm256_set1_ps(_cvtsh_ss(rd_u16(blk + 2)));
             // the 8 6-bit scales then the 8 mins as bytes (ik's make_q4_scales; = scale_min_k4)
@@ -90,11 +112,7 @@ void gemm_qK_cols(const GemmArgs& g, int64_t n0) {
             const __m128i scm = _mm_loadu_si128(reinterpret_cast<const __m128i*>(u));
             __m256 mins = _mm256_mul_ps(vm, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(scm, 8))));
             mins = _mm256_mul_ps(_mm256_set1_ps(-1.0f), mins);
-            __m256 dy[NC];
-            for (int n = 0; n < NC; ++n) {
-                dy[n] = act_scales8(acts[n], i);
-                acc[n] = _mm256_fmadd_ps(_mm256_mul_ps(dy[n], act_sums8(acts[n], i)), mins, acc[n]);
-            }
+            for (int n = 0; n < NC; ++n) acc[n] = _mm256_fmadd_ps(_mm256_loadu_ps(pi[n] + 16), mins, acc[n]);
             const __m256 all = _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(scm)));
             const __m256 scales[2] = {_mm256_permute2f128_ps(all, all, 0x00), _mm256_permute2f128_ps(all, all, 0x11)};
             __m256i hbits = five ? load32(blk + kQ5Qh) : _mm256_setzero_si256();
@@ -113,8 +131,7 @@ void gemm_qK_cols(const GemmArgs& g, int64_t n0) {
                     const uint8_t* qs = acts[n] + act::kQ82GroupBytes * (2 * i + j) + act::kQ82GroupQs;
                     const __m256i s = combine4<Vnni>(dot32<Vnni>(v[0], load32(qs)), dot32<Vnni>(v[1], load32(qs + 32)),
                                                      dot32<Vnni>(v[2], load32(qs + 64)), dot32<Vnni>(v[3], load32(qs + 96)));
-                    const __m256 dy4 = j == 0 ? _mm256_permute2f128_ps(dy[n], dy[n], 0x00) : _mm256_permute2f128_ps(dy[n], dy[n], 0x11);
-                    acc[n] = _mm256_fmadd_ps(_mm256_mul_ps(scales[j], dy4), _mm256_cvtepi32_ps(s), acc[n]);
+                    acc[n] = _mm256_fmadd_ps(_mm256_mul_ps(scales[j], _mm256_loadu_ps(pi[n] + 8 * j)), _mm256_cvtepi32_ps(s), acc[n]);
                 }
             }
         }
@@ -122,7 +139,7 @@ void gemm_qK_cols(const GemmArgs& g, int64_t n0) {
     }
 }
 
-// q6_K for NC columns.
+// q6_K for NC columns (activations prepared by prepare_qK; it reads the scales only).
 template <bool Vnni, int NC>
 void gemm_q6_K_cols(const GemmArgs& g, int64_t n0) {
     const int64_t nb = g.K / kSuper;
@@ -130,7 +147,11 @@ void gemm_q6_K_cols(const GemmArgs& g, int64_t n0) {
     const __m256i shuff = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15, 0, 1, 4, 5, 8, 9, 12, 13, 2,
                                            3, 6, 7, 10, 11, 14, 15);
     const uint8_t* acts[NC];
-    for (int n = 0; n < NC; ++n) acts[n] = g.A + (n0 + n) * g.a_row_bytes;
+    const float* prep[NC];
+    for (int n = 0; n < NC; ++n) {
+        acts[n] = g.A + (n0 + n) * g.a_row_bytes;
+        prep[n] = reinterpret_cast<const float*>(g.P + (n0 + n) * g.p_row_bytes);
+    }
     for (int64_t r = 0; r < g.nrows; ++r) {
         const uint8_t* w = g.W + r * g.w_group_bytes;
         __m256 acc[NC];
@@ -147,8 +168,8 @@ void gemm_q6_K_cols(const GemmArgs& g, int64_t n0) {
             const __m256 scales[2] = {
                 _mm256_mul_ps(vd, _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(sc16)))),
                 _mm256_mul_ps(vd, _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(sc16, 1))))};
-            __m256 dy[NC];
-            for (int n = 0; n < NC; ++n) dy[n] = act_scales8(acts[n], i);
+            const float* pi[NC];
+            for (int n = 0; n < NC; ++n) pi[n] = prep[n] + (kQKPrep / 4) * i;
             for (int j = 0; j < 2; ++j) {
                 const __m256i l1 = load32(blk + 64 * j), l2 = load32(blk + 64 * j + 32);
                 const __m256i hb = load32(blk + kQ6Qh + 32 * j);
@@ -168,8 +189,7 @@ void gemm_q6_K_cols(const GemmArgs& g, int64_t n0) {
                                                      dot32<Vnni>(us[1], _mm256_sign_epi8(load32(qs + 32), v[1])),
                                                      dot32<Vnni>(us[2], _mm256_sign_epi8(load32(qs + 64), v[2])),
                                                      dot32<Vnni>(us[3], _mm256_sign_epi8(load32(qs + 96), v[3])));
-                    const __m256 dy4 = j == 0 ? _mm256_permute2f128_ps(dy[n], dy[n], 0x00) : _mm256_permute2f128_ps(dy[n], dy[n], 0x11);
-                    acc[n] = _mm256_fmadd_ps(_mm256_mul_ps(scales[j], dy4), _mm256_cvtepi32_ps(s), acc[n]);
+                    acc[n] = _mm256_fmadd_ps(_mm256_mul_ps(scales[j], _mm256_loadu_ps(pi[n] + 8 * j)), _mm256_cvtepi32_ps(s), acc[n]);
                 }
             }
         }

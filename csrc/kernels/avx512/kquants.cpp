@@ -486,6 +486,10 @@ void gemm_q6_k_r4(const GemmArgs& g) {
 void register_avx512_kquants(KernelTables& t) {
     t.types[T_Q4_K].gemm = gemm_q4_K;
     t.types[T_Q5_K].gemm = gemm_q5_K;
+    for (int type : {T_Q4_K, T_Q5_K, T_Q6_K}) {
+        t.types[type].prepare_act = kq_direct::prepare_qK;
+        t.types[type].prepared_bytes = kq_direct::prepared_qK_bytes;
+    }
     t.types[T_Q6_K].gemm = gemm_q6_K;
     t.types[T_Q8_1_R8].gemm = gemm_q8_1_r8;
     t.types[T_Q4_K_R4].gemm = gemm_q4_k_r4;
