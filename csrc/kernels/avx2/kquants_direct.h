@@ -63,14 +63,28 @@ inline __m256i combine4(__m256i s1, __m256i s2, __m256i s3, __m256i s4) {
 // Prepared activations of q4_K / q5_K / q6_K (the prepare_act hook, once per matmul): per super-block
 // i, the 8 block scales dy as the two per-half vectors the kernel multiplies with
 // ([dy0..3, dy0..3], [dy4..7, dy4..7]), then dy * (block sums) — the same float products the
-// kernel would form per row, now formed once per column.
-constexpr int kQKPrep = 96;
+// kernel would form per row, now formed once per column; then, for q6_K's VNNI kernels, per
+// half j the int32 corrections -32 * (sum of 16 quants) in combine4's lane order (lane 4t + k:
+// quants 32k + 16t .. +15 of the half's group), so that the unsigned 6-bit codes can be
+// dpbusd's operand directly: sum (q - 32) * y = sum q * y - 32 * sum y, exactly.
+constexpr int kQKPrep = 160;
 inline void prepare_qK(const uint8_t* a, uint8_t* out, int64_t K) {
     for (int64_t i = 0; i < K / kSuper; ++i, out += kQKPrep) {
         const __m256 dy = act_scales8(a, i);
         _mm256_storeu_ps(reinterpret_cast<float*>(out), _mm256_permute2f128_ps(dy, dy, 0x00));
         _mm256_storeu_ps(reinterpret_cast<float*>(out + 32), _mm256_permute2f128_ps(dy, dy, 0x11));
         _mm256_storeu_ps(reinterpret_cast<float*>(out + 64), _mm256_mul_ps(dy, act_sums8(a, i)));
+        for (int j = 0; j < 2; ++j) {
+            const int8_t* qs = reinterpret_cast<const int8_t*>(a + act::kQ82GroupBytes * (2 * i + j) + act::kQ82GroupQs);
+            int32_t corr[8];
+            for (int t = 0; t < 2; ++t)
+                for (int k = 0; k < 4; ++k) {
+                    int32_t sum = 0;
+                    for (int e = 0; e < 16; ++e) sum += qs[32 * k + 16 * t + e];
+                    corr[4 * t + k] = -32 * sum;
+                }
+            std::memcpy(out + 96 + 32 * j, corr, sizeof corr);
+        }
     }
 }
 inline size_t prepared_qK_bytes(int64_t K) { return (size_t)(K / kSuper) * kQKPrep; }
@@ -178,6 +192,18 @@ void gemm_q6_K_cols(const GemmArgs& g, int64_t n0) {
                     _mm256_or_si256(_mm256_and_si256(l2, ml), _mm256_and_si256(_mm256_slli_epi16(hb, 2), mh)),
                     _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), ml), _mm256_and_si256(hb, mh)),
                     _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l2, 4), ml), _mm256_and_si256(_mm256_srli_epi16(hb, 2), mh))};
+                if constexpr (Vnni) {
+                    // codes 0..63 unsigned, the prepared -32 * sum(y) added (exact)
+                    for (int n = 0; n < NC; ++n) {
+                        const uint8_t* qs = acts[n] + act::kQ82GroupBytes * (2 * i + j) + act::kQ82GroupQs;
+                        __m256i s = combine4<Vnni>(dot32<Vnni>(v[0], load32(qs)), dot32<Vnni>(v[1], load32(qs + 32)),
+                                                   dot32<Vnni>(v[2], load32(qs + 64)), dot32<Vnni>(v[3], load32(qs + 96)));
+                        s = _mm256_add_epi32(s, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pi[n] + 24 + 8 * j)));
+                        acc[n] = _mm256_fmadd_ps(_mm256_mul_ps(scales[j], _mm256_loadu_ps(pi[n] + 8 * j)), _mm256_cvtepi32_ps(s), acc[n]);
+                    }
+                    continue;
+                }
+                // maddubs: |q - 32| <= 32 keeps combine4's int16 sums exact (63 would not)
                 __m256i us[4];
                 for (int k = 0; k < 4; ++k) {
                     v[k] = _mm256_add_epi8(v[k], m32);
