@@ -236,14 +236,10 @@ __attribute__((noinline)) void gemm_r8_cols(const GemmArgs& g, int64_t n0) {
 }
 
 void gemm_iq4_xs_r8(const GemmArgs& g) {
-    for (int64_t n = 0; n < g.ncols;) {
-        switch (column_block(g.ncols - n)) {
-            case 4: gemm_r8_cols<4>(g, n); n += 4; break;
-            case 3: gemm_r8_cols<3>(g, n); n += 3; break;
-            case 2: gemm_r8_cols<2>(g, n); n += 2; break;
-            default: gemm_r8_cols<1>(g, n); n += 1; break;
-        }
-    }
+    // Up to 8 columns per pass: the weights of a block are decoded once for all of them.
+    static const ColsFn fns[] = {nullptr,         gemm_r8_cols<1>, gemm_r8_cols<2>, gemm_r8_cols<3>, gemm_r8_cols<4>,
+                                 gemm_r8_cols<5>, gemm_r8_cols<6>, gemm_r8_cols<7>, gemm_r8_cols<8>};
+    for_column_chunks(g, fns, 8);
 }
 
 // ------------------------------------------------------------------------------------------
