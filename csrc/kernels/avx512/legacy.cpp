@@ -3,8 +3,8 @@
 // in the high 256 bits) and VNNI dot products. Every float lane does the same operations in the
 // same order as its AVX2 / scalar twin, so the results are bit-identical (docs/formats.md,
 // "Legacy 32-blocks"); only the exact integer sums are formed differently.
+#include <initializer_list>
 #include <type_traits>
-#include <vector>
 
 #include "common.h"
 #include "formats/act.h"
@@ -240,15 +240,20 @@ void gemm_base(const GemmArgs& g) {
 // 256-bit half doing what kernels/avx2/legacy.cpp gemm_r4_cols does for one group.
 inline __m512i load2x32(const uint8_t* lo, const uint8_t* hi) { return join(load32(lo), load32(hi)); }
 
-// The four code vectors of the blocks b0 (low half) and b1 (high half), laid out as r4_prepare
-// (kernels/avx2/legacy_dec.h) lays out one block, decoded at 512 bits. iq4_nl_r4 gets its
+// The four code vectors of the blocks b0 (low half) and b1 (high half): what r4_prepare
+// (kernels/avx2/legacy_dec.h) makes of one block, decoded at 512 bits, with the dwords of each
+// half in the pair order below. iq4_nl_r4 gets its
 // codebook values plus 128 (table tv: all of them fit in a byte, 1..241), so that they are the
 // unsigned operand of dpbusd; the extra 128 * sum(x) is taken off by the column's correction.
 template <int kR4Type>
 inline void r4_prepare2(const uint8_t* b0, const uint8_t* b1, __m512i tv, __m512i q[4]) {
+    // Dword order of every 256-bit half [r0 lo, r0 hi, r1 lo, r1 hi, ..] (see r4_block): the
+    // quant bytes are permuted once before the nibbles are split (2 permutes for 4 vectors).
+    const __m512i pair_order = _mm512_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15);
     const __m512i m4 = _mm512_set1_epi8(0xf);
     constexpr int qs_off = kR4Type == T_Q5_0_R4 ? 24 : kR4Type == T_Q6_0_R4 ? 40 : 8;
-    const __m512i bits1 = load2x32(b0 + qs_off, b1 + qs_off), bits2 = load2x32(b0 + qs_off + 32, b1 + qs_off + 32);
+    const __m512i bits1 = _mm512_permutexvar_epi32(pair_order, load2x32(b0 + qs_off, b1 + qs_off));
+    const __m512i bits2 = _mm512_permutexvar_epi32(pair_order, load2x32(b0 + qs_off + 32, b1 + qs_off + 32));
     q[0] = _mm512_and_si512(bits1, m4);
     q[1] = _mm512_and_si512(bits2, m4);
     q[2] = _mm512_and_si512(_mm512_srli_epi16(bits1, 4), m4);
@@ -258,13 +263,14 @@ inline void r4_prepare2(const uint8_t* b0, const uint8_t* b1, __m512i tv, __m512
     } else {
         __m512i hb, mh;
         if constexpr (kR4Type == T_Q5_0_R4) {
-            // Lanes [h0, h0 >> 1, h1, h1 >> 1] (h0, h1: the 16 high-bit bytes of b0, b1).
+            // 128-bit lanes [h0, h0 >> 1, h1, h1 >> 1] (h0, h1: the 16 high-bit bytes of b0,
+            // b1), in the pair order: one permute of z = [h0, h1, h0 >> 1, h1 >> 1].
             const __m256i hh = join2x128(b0 + 8, b1 + 8);
             const __m512i z = join(hh, _mm256_srli_epi16(hh, 1));
-            hb = _mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(3, 1, 2, 0));
+            hb = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15), z);
             mh = _mm512_set1_epi8(0x10);
         } else {
-            hb = load2x32(b0 + 8, b1 + 8);
+            hb = _mm512_permutexvar_epi32(pair_order, load2x32(b0 + 8, b1 + 8));
             mh = _mm512_set1_epi8(0x30);
         }
         // q | (shifted & mh)
@@ -275,22 +281,59 @@ inline void r4_prepare2(const uint8_t* b0, const uint8_t* b1, __m512i tv, __m512
     }
 }
 
-// iq4_nl_r4's integer correction for one activation block: per 16-byte half h of the 32 quants,
-// -128 * (sum of its 16 quants) in all four dwords of lane h (8 dwords, 32 bytes).
-inline void nl_correction(const uint8_t* qs, uint8_t* out) {
-    const __m256i y = load32(qs);
-    __m256i t = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), y), _mm256_set1_epi16(-128));
-    t = _mm256_add_epi32(t, _mm256_shuffle_epi32(t, _MM_SHUFFLE(1, 0, 3, 2)));
-    t = _mm256_add_epi32(t, _mm256_shuffle_epi32(t, _MM_SHUFFLE(2, 3, 0, 1)));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), t);
+// Prepared activations of the r4 twins (prepare_r4, once per matmul), 48 bytes per block:
+// the 32 quants as 4 x 8 bytes [quants 4j..4j+3 | 16+4j..16+4j+3], so that activation dword
+// pair j is one 64-bit broadcast from memory (no shuffles per column); then d (f32), the offset
+// term half_min * (d * s) (f32; q5_0_r4 / q6_0_r4) and, for iq4_nl_r4, -128 * (sum of quants
+// 0..15) and -128 * (sum of 16..31) (int32), the correction of the biased codebook.
+constexpr int kR4Prep = 48;
+template <int kR4Type>
+void prepare_r4(const uint8_t* a, uint8_t* out, int64_t K) {
+    const float half_min = kR4Type == T_Q5_0_R4 ? -8.0f : -16.0f;
+    const int64_t nb = K / kBlock, nb4 = 4 * (nb / 4);
+    for (int64_t b = 0; b < nb; ++b, out += kR4Prep) {
+        const uint8_t *qs, *dp, *sp;
+        if (b < nb4) {
+            const uint8_t* grp = a + act::kQ82GroupBytes * (b / 4);
+            qs = grp + act::kQ82GroupQs + 32 * (b % 4);
+            dp = grp + act::kQ82GroupD + 2 * (b % 4);
+            sp = grp + act::kQ82GroupS + 2 * (b % 4);
+        } else {
+            const uint8_t* blk = a + act::kQ82Bytes * b;
+            qs = blk + act::kQ82Qs;
+            dp = blk + act::kQ82D;
+            sp = blk + act::kQ82S;
+        }
+        for (int j = 0; j < 4; ++j) {
+            std::memcpy(out + 8 * j, qs + 4 * j, 4);
+            std::memcpy(out + 8 * j + 4, qs + 16 + 4 * j, 4);
+        }
+        const float d = bf16_to_fp32(rd_u16(dp));
+        wr_f32(out + 32, d);
+        wr_f32(out + 36, kR4Type == T_IQ4_NL_R4 ? 0.0f : half_min * (d * (float)(int16_t)rd_u16(sp)));
+        int32_t c[2] = {0, 0};
+        if (kR4Type == T_IQ4_NL_R4)
+            for (int h = 0; h < 2; ++h) {
+                for (int e = 0; e < 16; ++e) c[h] += (int8_t)qs[16 * h + e];
+                c[h] *= -128;
+            }
+        std::memcpy(out + 40, c, 8);
+    }
+}
+size_t prepared_r4_bytes(int64_t K) { return (size_t)(K / kBlock) * kR4Prep; }
+
+inline __m512i bcast8(const uint8_t* p) {
+    int64_t v;
+    std::memcpy(&v, p, 8);
+    return _mm512_set1_epi64(v);
 }
 
-// One block of the row groups w0 / w1 times NC columns: qy[n] -> column n's 32 quants,
-// sc[n][0] its scale d, sc[n][1] its offset term half_min * (d * s) (in memory, so that the
-// broadcasts are loads, not moves from the scalar unit), corr[n] its iq4_nl_r4 correction.
+// One block of the row groups w0 / w1 times NC columns (prepared blocks pb[n]). The codes are
+// moved to the prepared pair order: per 256-bit half, dwords [r0 lo, r0 hi, r1 lo, r1 hi, ..]
+// (lo / hi: the element quads 4j.. / 16+4j..), permuted while decoding, shared by every
+// column (r4_prepare2); each lane then takes the float operations of its lane in the AVX2 kernel.
 template <int kR4Type, int NC>
-inline void r4_block(const uint8_t* b0, const uint8_t* b1, __m512i tv, const uint8_t* const* qy, const float (*sc)[2],
-                     const uint8_t* const* corr, __m512* acc) {
+inline void r4_block(const uint8_t* b0, const uint8_t* b1, __m512i tv, const uint8_t* const* pb, __m512* acc) {
     constexpr bool kOffset = kR4Type != T_IQ4_NL_R4;
     IQKQ_PREFETCH((const char*)(b0 + kPrefetch), _MM_HINT_T0);
     IQKQ_PREFETCH((const char*)(b0 + kPrefetch + 64), _MM_HINT_T0);
@@ -298,44 +341,40 @@ inline void r4_block(const uint8_t* b0, const uint8_t* b1, __m512i tv, const uin
     IQKQ_PREFETCH((const char*)(b1 + kPrefetch + 64), _MM_HINT_T0);
     const __m128 s0 = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b0)));
     const __m128 s1 = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b1)));
-    const __m512 dw = joinf(_mm256_set_m128(s0, s0), _mm256_set_m128(s1, s1));
+    const __m512 dw = joinf(_mm256_set_m128(_mm_unpackhi_ps(s0, s0), _mm_unpacklo_ps(s0, s0)),
+                            _mm256_set_m128(_mm_unpackhi_ps(s1, s1), _mm_unpacklo_ps(s1, s1)));
     __m512i q[4];
     r4_prepare2<kR4Type>(b0, b1, tv, q);
     for (int n = 0; n < NC; ++n) {
-        const __m512i y = _mm512_broadcast_i64x4(load32(qy[n]));
-        const __m512i ys[4] = {_mm512_shuffle_epi32(y, _MM_PERM_AAAA), _mm512_shuffle_epi32(y, _MM_PERM_BBBB),
-                               _mm512_shuffle_epi32(y, _MM_PERM_CCCC), _mm512_shuffle_epi32(y, _MM_PERM_DDDD)};
-        __m512i sumi = kR4Type == T_IQ4_NL_R4 ? _mm512_broadcast_i64x4(load32(corr[n])) : _mm512_setzero_si512();
-        for (int j = 0; j < 4; ++j) sumi = _mm512_dpbusd_epi32(sumi, q[j], ys[j]);
-        acc[n] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(sc[n][0])), _mm512_cvtepi32_ps(sumi), acc[n]);
-        if constexpr (kOffset) acc[n] = _mm512_fmadd_ps(dw, _mm512_set1_ps(sc[n][1]), acc[n]);
+        const uint8_t* p = pb[n];
+        __m512i sumi = kR4Type == T_IQ4_NL_R4 ? bcast8(p + 40) : _mm512_setzero_si512();
+        for (int j = 0; j < 4; ++j) sumi = _mm512_dpbusd_epi32(sumi, q[j], bcast8(p + 8 * j));
+        float d, m;
+        std::memcpy(&d, p + 32, 4);
+        std::memcpy(&m, p + 36, 4);
+        acc[n] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(d)), _mm512_cvtepi32_ps(sumi), acc[n]);
+        if constexpr (kOffset) acc[n] = _mm512_fmadd_ps(dw, _mm512_set1_ps(m), acc[n]);
     }
+}
+
+// [r0 lo, r0 hi, r1 lo, r1 hi, r2 lo, r2 hi, r3 lo, r3 hi] -> r_k = lo + hi (the AVX2 kernel's
+// final lo-half + hi-half add).
+inline __m128 pair_sums(__m256 v) {
+    const __m256 s = _mm256_add_ps(_mm256_shuffle_ps(v, v, 0x88), _mm256_shuffle_ps(v, v, 0xdd));
+    return _mm256_castps256_ps128(_mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(s), 0x08)));
 }
 
 template <int kR4Type, int NC>
 void gemm_r4_cols(const GemmArgs& g, int64_t n0) {
     constexpr bool kNl = kR4Type == T_IQ4_NL_R4;
     constexpr int B = 4 * (kR4Type == T_Q5_0_R4 ? kQ5Bytes : kR4Type == T_Q6_0_R4 ? kQ6Bytes : kNlBytes);
-    const float half_min = kR4Type == T_Q5_0_R4 ? -8.0f : -16.0f;
-    const int64_t nb = g.K / kBlock, nb4 = 4 * (nb / 4);
-    const uint8_t* acts[NC];
-    for (int n = 0; n < NC; ++n) acts[n] = g.A + (n0 + n) * g.a_row_bytes;
+    const int64_t nb = g.K / kBlock;
+    const uint8_t* prep[NC];
+    for (int n = 0; n < NC; ++n) prep[n] = g.P + (n0 + n) * g.p_row_bytes;
     __m512i tv = _mm512_setzero_si512();
-    // iq4_nl_r4: every column's per-block corrections, made once for all row groups.
-    thread_local std::vector<uint8_t> corr_buf;
-    if constexpr (kNl) {
+    if constexpr (kNl)
         tv = _mm512_xor_si512(_mm512_broadcast_i32x4(load16(reinterpret_cast<const uint8_t*>(iq4nl_values()))),
                               _mm512_set1_epi8((char)0x80));
-        corr_buf.resize((size_t)(NC * nb * 32));
-        for (int n = 0; n < NC; ++n)
-            for (int64_t b = 0; b < nb; ++b) {
-                const uint8_t* qs = b < nb4 ? acts[n] + act::kQ82GroupBytes * (b / 4) + act::kQ82GroupQs + 32 * (b % 4)
-                                            : acts[n] + act::kQ82Bytes * b + act::kQ82Qs;
-                nl_correction(qs, corr_buf.data() + (n * nb + b) * 32);
-            }
-    }
-    const uint8_t* corr0 = corr_buf.data();
-    const __m128 vmin = _mm_set1_ps(half_min);
     const int64_t ngroups = g.nrows / 4, half = ngroups / 2;
     for (int64_t i = 0; i < half + (ngroups & 1); ++i) {
         const bool pair = i < half;
@@ -344,51 +383,14 @@ void gemm_r4_cols(const GemmArgs& g, int64_t n0) {
         const uint8_t* w1 = g.W + g1 * g.w_group_bytes;
         __m512 acc[NC];
         for (int n = 0; n < NC; ++n) acc[n] = _mm512_setzero_ps();
-        const uint8_t* corr[NC] = {};
-        for (int64_t b4 = 0; b4 < nb4; b4 += 4) {
-            // Per column, the group's four d (bf16) and d * s converted at once (the same float
-            // operations per block as one at a time).
-            alignas(16) float d4[NC][4], m4[NC][4];
-            const uint8_t* ag[NC];
-            for (int n = 0; n < NC; ++n) {
-                ag[n] = acts[n] + act::kQ82GroupBytes * (b4 / 4);
-                const __m128 d = _mm_castsi128_ps(
-                    _mm_slli_epi32(_mm_cvtepu16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(ag[n] + act::kQ82GroupD))), 16));
-                _mm_store_ps(d4[n], d);
-                if constexpr (!kNl) {
-                    const __m128 m = _mm_cvtepi32_ps(_mm_cvtepi16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(ag[n] + act::kQ82GroupS))));
-                    _mm_store_ps(m4[n], _mm_mul_ps(vmin, _mm_mul_ps(d, m)));
-                }
-            }
-            for (int k = 0; k < 4; ++k) {
-                float sc[NC][2];
-                const uint8_t* qy[NC];
-                for (int n = 0; n < NC; ++n) {
-                    sc[n][0] = d4[n][k];
-                    sc[n][1] = kNl ? 0.0f : m4[n][k];
-                    qy[n] = ag[n] + act::kQ82GroupQs + 32 * k;
-                    if constexpr (kNl) corr[n] = corr0 + (n * nb + b4 + k) * 32;
-                }
-                r4_block<kR4Type, NC>(w0 + (b4 + k) * B, w1 + (b4 + k) * B, tv, qy, sc, corr, acc);
-            }
-        }
-        for (int64_t b = nb4; b < nb; ++b) {
-            float sc[NC][2];
-            const uint8_t* qy[NC];
-            for (int n = 0; n < NC; ++n) {
-                const uint8_t* ab = acts[n] + act::kQ82Bytes * b;
-                sc[n][0] = bf16_to_fp32(rd_u16(ab + act::kQ82D));
-                sc[n][1] = half_min * (sc[n][0] * (float)(int16_t)rd_u16(ab + act::kQ82S));
-                qy[n] = ab + act::kQ82Qs;
-                if constexpr (kNl) corr[n] = corr0 + (n * nb + b) * 32;
-            }
-            r4_block<kR4Type, NC>(w0 + b * B, w1 + b * B, tv, qy, sc, corr, acc);
+        for (int64_t b = 0; b < nb; ++b) {
+            const uint8_t* pb[NC];
+            for (int n = 0; n < NC; ++n) pb[n] = prep[n] + kR4Prep * b;
+            r4_block<kR4Type, NC>(w0 + b * B, w1 + b * B, tv, pb, acc);
         }
         for (int n = 0; n < NC; ++n) {
-            const __m256 lo = _mm512_castps512_ps256(acc[n]), hi = _mm512_extractf32x8_ps(acc[n], 1);
-            _mm_storeu_ps(g.C + (n0 + n) * g.ldc + g0 * 4, _mm_add_ps(_mm256_castps256_ps128(lo), _mm256_extractf128_ps(lo, 1)));
-            if (pair)
-                _mm_storeu_ps(g.C + (n0 + n) * g.ldc + g1 * 4, _mm_add_ps(_mm256_castps256_ps128(hi), _mm256_extractf128_ps(hi, 1)));
+            _mm_storeu_ps(g.C + (n0 + n) * g.ldc + g0 * 4, pair_sums(_mm512_castps512_ps256(acc[n])));
+            if (pair) _mm_storeu_ps(g.C + (n0 + n) * g.ldc + g1 * 4, pair_sums(_mm512_extractf32x8_ps(acc[n], 1)));
         }
     }
 }
@@ -535,6 +537,10 @@ void register_avx512_legacy(KernelTables& t) {
     t.types[T_Q5_0_R4].gemm = gemm_r4<T_Q5_0_R4>;
     t.types[T_Q6_0_R4].gemm = gemm_r4<T_Q6_0_R4>;
     t.types[T_IQ4_NL_R4].gemm = gemm_r4<T_IQ4_NL_R4>;
+    t.types[T_Q5_0_R4].prepare_act = prepare_r4<T_Q5_0_R4>;
+    t.types[T_Q6_0_R4].prepare_act = prepare_r4<T_Q6_0_R4>;
+    t.types[T_IQ4_NL_R4].prepare_act = prepare_r4<T_IQ4_NL_R4>;
+    for (int type : {T_Q5_0_R4, T_Q6_0_R4, T_IQ4_NL_R4}) t.types[type].prepared_bytes = prepared_r4_bytes;
     t.types[T_Q4_0_R8].gemm = gemm_q4_0_r8;
 }
 
