@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "common.h"
+#include "formats/act.h"
 #include "formats/legacy.h"
 
 #ifndef IQKQ_LEGACY_PF
@@ -73,6 +74,39 @@ inline __m128 weight_scales4(const uint8_t* blk) {
 }
 
 constexpr int kPrepGroup = 192;  // 8 floats d, 8 floats d * s, 4 x 32 bytes of quants
+
+// Base types x q8_2_x4. The kernels read a prepared copy of every activation row (built once
+// per matmul by prepare_base): per group of 4 blocks, the bf16 scales and the products d * s as
+// floats in lane order P = (b0 lo, b2 lo, b0 hi, b2 hi, b1 lo, b3 lo, b1 hi, b3 hi) (lo / hi =
+// elements 0..15 / 16..31 of a block), then the quants of block pairs (0, 1) and (2, 3) as
+// [b lo | b+1 lo], [b hi | b+1 hi]. A weight block pair then decodes into two vectors without
+// moving bytes across lanes, and three hadds leave the exact 16-element dot products in lane
+// order P. Each float lane still does exactly what its natural lane does in formats/legacy.cpp
+// (gemm_qx_0 / gemm_iq4_nl); the lanes are put back in order at the end of a row.
+inline void prepare_base(const uint8_t* a, uint8_t* out, int64_t K) {
+    const int64_t ng = K / 128;
+    static const int kLane[8] = {0, 2, 0, 2, 1, 3, 1, 3};
+    for (int64_t gi = 0; gi < ng; ++gi, a += act::kQ82GroupBytes, out += kPrepGroup) {
+        float d[4], ds[4];
+        for (int t = 0; t < 4; ++t) {
+            d[t] = bf16_to_fp32(rd_u16(a + act::kQ82GroupD + 2 * t));
+            ds[t] = d[t] * (float)(int16_t)rd_u16(a + act::kQ82GroupS + 2 * t);
+        }
+        for (int l = 0; l < 8; ++l) {
+            wr_f32(out + 4 * l, d[kLane[l]]);
+            wr_f32(out + 32 + 4 * l, ds[kLane[l]]);
+        }
+        const uint8_t* q = a + act::kQ82GroupQs;
+        for (int p = 0; p < 2; ++p) {
+            uint8_t* o = out + 64 + 64 * p;
+            std::memcpy(o, q + 64 * p, 16);
+            std::memcpy(o + 16, q + 64 * p + 32, 16);
+            std::memcpy(o + 32, q + 64 * p + 16, 16);
+            std::memcpy(o + 48, q + 64 * p + 48, 16);
+        }
+    }
+}
+inline size_t prepared_base_bytes(int64_t K) { return (size_t)(K / 128) * kPrepGroup; }
 
 
 // Codes of two consecutive blocks as [b0 lo | b1 lo], [b0 hi | b1 hi].

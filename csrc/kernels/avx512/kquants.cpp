@@ -3,6 +3,7 @@
 // per pass (32 vector registers). Same int32 sums and float operations as the AVX2 set and
 // the scalar reference, so bit-identical to them.
 #include "kernels/avx2/kquants_direct.h"
+#include "kernels/avx512/simd.h"
 
 // GCC 12's AVX-512 headers build results on _mm512_undefined_*() and then warn that those
 // may be used uninitialised; the warnings are about the headers, not this code.
@@ -54,12 +55,10 @@ void gemm_q6_K(const GemmArgs& g) {
 // below 64 (all that the q4_K / q5_K conversions produce); a block holding a larger byte (raw
 // data only) takes the AVX2 chain, so the results are those of the AVX2 set for any bytes.
 inline __m256i ld32(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
-// Four bytes broadcast to every dword straight from memory (one load, no shuffle unit).
-inline __m512i bcast_mem(const uint8_t* p) { return _mm512_broadcastd_epi32(_mm_loadu_si32(p)); }
 
 inline __m256i dot16_vnni(const __m256i* qx, const int8_t* y16) {
     __m256i s = _mm256_setzero_si256();
-    for (int j = 0; j < 4; ++j) s = _mm256_dpbusd_epi32(s, qx[j], _mm256_broadcastd_epi32(_mm_loadu_si32(y16 + 4 * j)));
+    for (int j = 0; j < 4; ++j) s = _mm256_dpbusd_epi32(s, qx[j], avx512::bcast_dword256(reinterpret_cast<const uint8_t*>(y16) + 4 * j));
     return s;
 }
 inline __m256i dot16_exact(const __m256i* qx, const int8_t* y16) {
@@ -183,14 +182,14 @@ void q8_1_r8_pair(const GemmArgs& g, int64_t n0, int64_t grp) {
                 for (int n = 0; n < NC; ++n) {
                     const uint8_t* y = acts[n] + act::kQ82GroupBytes * i4 + act::kQ82GroupQs + 32 * ib;
                     const __m512 c = _mm512_mul_ps(dw, _mm512_set1_ps(d8[n][ib]));
-                    __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[0], bcast_mem(y));
-                    __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[1], bcast_mem(y + 4));
-                    __m512i t0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[4], bcast_mem(y + 16));
-                    __m512i t1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[5], bcast_mem(y + 20));
-                    s0 = _mm512_dpbusd_epi32(s0, q[2], bcast_mem(y + 8));
-                    s1 = _mm512_dpbusd_epi32(s1, q[3], bcast_mem(y + 12));
-                    t0 = _mm512_dpbusd_epi32(t0, q[6], bcast_mem(y + 24));
-                    t1 = _mm512_dpbusd_epi32(t1, q[7], bcast_mem(y + 28));
+                    __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[0], avx512::bcast_dword(y));
+                    __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[1], avx512::bcast_dword(y + 4));
+                    __m512i t0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[4], avx512::bcast_dword(y + 16));
+                    __m512i t1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[5], avx512::bcast_dword(y + 20));
+                    s0 = _mm512_dpbusd_epi32(s0, q[2], avx512::bcast_dword(y + 8));
+                    s1 = _mm512_dpbusd_epi32(s1, q[3], avx512::bcast_dword(y + 12));
+                    t0 = _mm512_dpbusd_epi32(t0, q[6], avx512::bcast_dword(y + 24));
+                    t1 = _mm512_dpbusd_epi32(t1, q[7], avx512::bcast_dword(y + 28));
                     acc[n] = _mm512_fmadd_ps(c, _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), acc[n]);
                     acc[n] = _mm512_fmadd_ps(c, _mm512_cvtepi32_ps(_mm512_add_epi32(t0, t1)), acc[n]);
                 }

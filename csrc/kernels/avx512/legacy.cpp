@@ -11,6 +11,7 @@
 #include "formats/legacy.h"
 #include "kernels/avx2/legacy_dec.h"
 #include "kernels/avx2/simd.h"
+#include "kernels/avx512/simd.h"
 #include "types.h"
 
 namespace iqkq {
@@ -37,6 +38,13 @@ inline __m512i sdot(__m512i w, __m512i a) {
     return _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(w), _mm512_mask_sub_epi8(a, neg, _mm512_setzero_si512(), a));
 }
 inline __m512i udot(__m512i u, __m512i a) { return _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, a); }
+
+// The iq4_nl codebook + 128 (1..241, unsigned) in every 128-bit lane: dpbusd's unsigned operand
+// for the iq4_nl kernels, whose correction -128 * sum(x) is prepared with the activations.
+inline __m512i biased_nl_table() {
+    return _mm512_xor_si512(_mm512_broadcast_i32x4(load16(reinterpret_cast<const uint8_t*>(iq4nl_values()))),
+                            _mm512_set1_epi8((char)0x80));
+}
 
 // Four 16-byte pieces -> one 512-bit vector (p0 in the lowest 128 bits).
 inline __m512i load4x16(const uint8_t* p0, const uint8_t* p1, const uint8_t* p2, const uint8_t* p3) {
@@ -102,27 +110,19 @@ inline __m256 scales8(const uint8_t* b0, const uint8_t* b1) {
     return _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutex2var_epi16(v0, idx, v1)));
 }
 
-// iq4_nl's prepared activations: the AVX2 layout (kernels/avx2/legacy.cpp, prepare_base) with
-// the unused d * s slot holding, per lane of the lane order P, -128 * the sum of the 16 quants
-// that lane's dot product covers (the correction of codes4's biased codebook).
+// iq4_nl's prepared activations: prepare_base's layout (kernels/avx2/legacy_dec.h) with the
+// d * s slot, which the signed type does not read, holding per lane of the lane order P
+// -128 * the sum of the 16 quants that lane's dot product covers (the correction of codes4's
+// biased codebook).
 void prepare_nl(const uint8_t* a, uint8_t* out, int64_t K) {
     static const int kBlk[8] = {0, 2, 0, 2, 1, 3, 1, 3}, kHalf[8] = {0, 0, 1, 1, 0, 0, 1, 1};
-    const int64_t ng = K / 128;
-    for (int64_t gi = 0; gi < ng; ++gi, a += act::kQ82GroupBytes, out += kPrepGroup) {
+    prepare_base(a, out, K);
+    for (int64_t gi = 0; gi < K / 128; ++gi, a += act::kQ82GroupBytes, out += kPrepGroup) {
         const uint8_t* q = a + act::kQ82GroupQs;
         for (int l = 0; l < 8; ++l) {
-            wr_f32(out + 4 * l, bf16_to_fp32(rd_u16(a + act::kQ82GroupD + 2 * kBlk[l])));
             int32_t sum = 0;
             for (int e = 0; e < 16; ++e) sum += (int8_t)q[32 * kBlk[l] + 16 * kHalf[l] + e];
-            const int32_t corr = -128 * sum;
-            std::memcpy(out + 32 + 4 * l, &corr, 4);
-        }
-        for (int p = 0; p < 2; ++p) {
-            uint8_t* o = out + 64 + 64 * p;
-            std::memcpy(o, q + 64 * p, 16);
-            std::memcpy(o + 16, q + 64 * p + 32, 16);
-            std::memcpy(o + 32, q + 64 * p + 16, 16);
-            std::memcpy(o + 48, q + 64 * p + 48, 16);
+            wr_u32(out + 32 + 4 * l, (uint32_t)(-128 * sum));
         }
     }
 }
@@ -139,8 +139,7 @@ void gemm_base_cols(const GemmArgs& g, int64_t n0) {
         acts[n] = g.A + (n0 + n) * g.a_row_bytes;
         preps[n] = g.P + (n0 + n) * g.p_row_bytes;
     }
-    const __m512i tvb = _mm512_xor_si512(
-        _mm512_broadcast_i32x4(load16(reinterpret_cast<const uint8_t*>(iq4nl_values()))), _mm512_set1_epi8((char)0x80));
+    const __m512i tvb = biased_nl_table();
     const __m512 mmin = _mm512_set1_ps(-(float)D::kMin);
     const __m512i lane_order = _mm512_setr_epi32(0, 2, 0, 2, 1, 3, 1, 3, 4, 6, 4, 6, 5, 7, 5, 7);
     const __m256i to_p = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
@@ -322,12 +321,6 @@ void prepare_r4(const uint8_t* a, uint8_t* out, int64_t K) {
 }
 size_t prepared_r4_bytes(int64_t K) { return (size_t)(K / kBlock) * kR4Prep; }
 
-inline __m512i bcast8(const uint8_t* p) {
-    int64_t v;
-    std::memcpy(&v, p, 8);
-    return _mm512_set1_epi64(v);
-}
-
 // One block of the row groups w0 / w1 times NC columns (prepared blocks pb[n]). The codes are
 // moved to the prepared pair order: per 256-bit half, dwords [r0 lo, r0 hi, r1 lo, r1 hi, ..]
 // (lo / hi: the element quads 4j.. / 16+4j..), permuted while decoding, shared by every
@@ -347,8 +340,8 @@ inline void r4_block(const uint8_t* b0, const uint8_t* b1, __m512i tv, const uin
     r4_prepare2<kR4Type>(b0, b1, tv, q);
     for (int n = 0; n < NC; ++n) {
         const uint8_t* p = pb[n];
-        __m512i sumi = kR4Type == T_IQ4_NL_R4 ? bcast8(p + 40) : _mm512_setzero_si512();
-        for (int j = 0; j < 4; ++j) sumi = _mm512_dpbusd_epi32(sumi, q[j], bcast8(p + 8 * j));
+        __m512i sumi = kR4Type == T_IQ4_NL_R4 ? avx512::bcast_qword(p + 40) : _mm512_setzero_si512();
+        for (int j = 0; j < 4; ++j) sumi = _mm512_dpbusd_epi32(sumi, q[j], avx512::bcast_qword(p + 8 * j));
         float d, m;
         std::memcpy(&d, p + 32, 4);
         std::memcpy(&m, p + 36, 4);
@@ -371,10 +364,7 @@ void gemm_r4_cols(const GemmArgs& g, int64_t n0) {
     const int64_t nb = g.K / kBlock;
     const uint8_t* prep[NC];
     for (int n = 0; n < NC; ++n) prep[n] = g.P + (n0 + n) * g.p_row_bytes;
-    __m512i tv = _mm512_setzero_si512();
-    if constexpr (kNl)
-        tv = _mm512_xor_si512(_mm512_broadcast_i32x4(load16(reinterpret_cast<const uint8_t*>(iq4nl_values()))),
-                              _mm512_set1_epi8((char)0x80));
+    const __m512i tv = kNl ? biased_nl_table() : _mm512_setzero_si512();
     const int64_t ngroups = g.nrows / 4, half = ngroups / 2;
     for (int64_t i = 0; i < half + (ngroups & 1); ++i) {
         const bool pair = i < half;
@@ -422,18 +412,16 @@ inline void r8_prepare2(const uint8_t* b0, const uint8_t* b1, __m512i v[8]) {
         v[l + 4] = _mm512_and_si512(_mm512_srli_epi16(bits, 4), m4);
     }
 }
-// Activation dword j of the block broadcast from memory (a load, no shuffle).
-inline __m512i bcast_dword(const uint8_t* p) { return _mm512_broadcastd_epi32(_mm_loadu_si32(p)); }
 inline __m512i r8_dot2(const __m512i v[8], const uint8_t* q) {
     // v[l] pairs with dword l of the low 16 quants, v[l + 4] with dword l of the high 16.
-    __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), v[0], bcast_dword(q));
-    s = _mm512_dpbusd_epi32(s, v[1], bcast_dword(q + 4));
-    s = _mm512_dpbusd_epi32(s, v[2], bcast_dword(q + 8));
-    s = _mm512_dpbusd_epi32(s, v[3], bcast_dword(q + 12));
-    s = _mm512_dpbusd_epi32(s, v[4], bcast_dword(q + 16));
-    s = _mm512_dpbusd_epi32(s, v[5], bcast_dword(q + 20));
-    s = _mm512_dpbusd_epi32(s, v[6], bcast_dword(q + 24));
-    return _mm512_dpbusd_epi32(s, v[7], bcast_dword(q + 28));
+    __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), v[0], avx512::bcast_dword(q));
+    s = _mm512_dpbusd_epi32(s, v[1], avx512::bcast_dword(q + 4));
+    s = _mm512_dpbusd_epi32(s, v[2], avx512::bcast_dword(q + 8));
+    s = _mm512_dpbusd_epi32(s, v[3], avx512::bcast_dword(q + 12));
+    s = _mm512_dpbusd_epi32(s, v[4], avx512::bcast_dword(q + 16));
+    s = _mm512_dpbusd_epi32(s, v[5], avx512::bcast_dword(q + 20));
+    s = _mm512_dpbusd_epi32(s, v[6], avx512::bcast_dword(q + 24));
+    return _mm512_dpbusd_epi32(s, v[7], avx512::bcast_dword(q + 28));
 }
 inline __m512 r8_scales2(const uint8_t* b0, const uint8_t* b1) {
     return _mm512_cvtph_ps(join2x128(b0, b1));

@@ -13,6 +13,7 @@
 #include "formats/q8_0.h"
 #include "formats/q8_k_r8.h"
 #include "kernels/avx2/simd.h"
+#include "kernels/avx512/simd.h"
 #include "types.h"
 
 #include <immintrin.h>
@@ -25,9 +26,6 @@ namespace iqkq {
 namespace {
 
 inline __m256i load32(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
-inline __m256i bcast32(const uint8_t* p) { return _mm256_broadcastd_epi32(_mm_loadu_si32(p)); }
-// Four bytes broadcast to every dword straight from memory (one load, no shuffle unit).
-inline __m512i bcast64(const uint8_t* p) { return _mm512_broadcastd_epi32(_mm_loadu_si32(p)); }
 
 // Kernel (C) q8_k_r8 x q8_K. NC columns at once, two accumulators per column so that the
 // dependent VPDPBUSD chains are short enough to keep both multiply pipes busy (AVX512-VL
@@ -62,10 +60,10 @@ void q8_k_r8_cols(const GemmArgs& g, int64_t n0) {
                 const __m256i w3 = _mm256_xor_si256(load32(blk + 112 + 32 * m), flip);
                 for (int n = 0; n < NC; ++n) {
                     const uint8_t* aq = acts[n] + i * act::kQ8KBytes + act::kQ8KQs + 4 * m;
-                    s0[n] = _mm256_dpbusd_epi32(s0[n], w0, bcast32(aq));
-                    s1[n] = _mm256_dpbusd_epi32(s1[n], w1, bcast32(aq + 4));
-                    s0[n] = _mm256_dpbusd_epi32(s0[n], w2, bcast32(aq + 8));
-                    s1[n] = _mm256_dpbusd_epi32(s1[n], w3, bcast32(aq + 12));
+                    s0[n] = _mm256_dpbusd_epi32(s0[n], w0, avx512::bcast_dword256(aq));
+                    s1[n] = _mm256_dpbusd_epi32(s1[n], w1, avx512::bcast_dword256(aq + 4));
+                    s0[n] = _mm256_dpbusd_epi32(s0[n], w2, avx512::bcast_dword256(aq + 8));
+                    s1[n] = _mm256_dpbusd_epi32(s1[n], w3, avx512::bcast_dword256(aq + 12));
                 }
             }
             const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk)));
@@ -109,10 +107,10 @@ void q8_k_r8_pairs(const GemmArgs& g, int64_t n0) {
                 }
                 for (int n = 0; n < NC; ++n) {
                     const uint8_t* aq = acts[n] + i * act::kQ8KBytes + act::kQ8KQs + 4 * m;
-                    s0[n] = _mm512_dpbusd_epi32(s0[n], wv[0], bcast64(aq));
-                    s1[n] = _mm512_dpbusd_epi32(s1[n], wv[1], bcast64(aq + 4));
-                    s0[n] = _mm512_dpbusd_epi32(s0[n], wv[2], bcast64(aq + 8));
-                    s1[n] = _mm512_dpbusd_epi32(s1[n], wv[3], bcast64(aq + 12));
+                    s0[n] = _mm512_dpbusd_epi32(s0[n], wv[0], avx512::bcast_dword(aq));
+                    s1[n] = _mm512_dpbusd_epi32(s1[n], wv[1], avx512::bcast_dword(aq + 4));
+                    s0[n] = _mm512_dpbusd_epi32(s0[n], wv[2], avx512::bcast_dword(aq + 8));
+                    s1[n] = _mm512_dpbusd_epi32(s1[n], wv[3], avx512::bcast_dword(aq + 12));
                 }
             }
             const __m256i dh = _mm256_inserti128_si256(
@@ -178,11 +176,11 @@ void q8_0_r8_cols(const GemmArgs& g, int64_t n0, int64_t grp) {
         const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk)));
         for (int n = 0; n < NC; ++n) {
             const uint8_t* aq = acts[n] + o.quants;
-            __m256i s0 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wv[0], bcast32(aq));
-            __m256i s1 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wv[1], bcast32(aq + 4));
+            __m256i s0 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wv[0], avx512::bcast_dword256(aq));
+            __m256i s1 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wv[1], avx512::bcast_dword256(aq + 4));
             for (int l = 2; l < 8; l += 2) {
-                s0 = _mm256_dpbusd_epi32(s0, wv[l], bcast32(aq + 4 * l));
-                s1 = _mm256_dpbusd_epi32(s1, wv[l + 1], bcast32(aq + 4 * l + 4));
+                s0 = _mm256_dpbusd_epi32(s0, wv[l], avx512::bcast_dword256(aq + 4 * l));
+                s1 = _mm256_dpbusd_epi32(s1, wv[l + 1], avx512::bcast_dword256(aq + 4 * l + 4));
             }
             const int32_t bsum = (int16_t)rd_u16(acts[n] + o.sum);
             const __m256i P = _mm256_sub_epi32(_mm256_add_epi32(s0, s1), _mm256_set1_epi32(bsum * 128));
@@ -218,11 +216,11 @@ void q8_0_r8_pair(const GemmArgs& g, int64_t n0, int64_t grp) {
         const __m512 dw = _mm512_cvtph_ps(dh);
         for (int n = 0; n < NC; ++n) {
             const uint8_t* aq = acts[n] + o.quants;
-            __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[0], bcast64(aq));
-            __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[1], bcast64(aq + 4));
+            __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[0], avx512::bcast_dword(aq));
+            __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[1], avx512::bcast_dword(aq + 4));
             for (int l = 2; l < 8; l += 2) {
-                s0 = _mm512_dpbusd_epi32(s0, wv[l], bcast64(aq + 4 * l));
-                s1 = _mm512_dpbusd_epi32(s1, wv[l + 1], bcast64(aq + 4 * l + 4));
+                s0 = _mm512_dpbusd_epi32(s0, wv[l], avx512::bcast_dword(aq + 4 * l));
+                s1 = _mm512_dpbusd_epi32(s1, wv[l + 1], avx512::bcast_dword(aq + 4 * l + 4));
             }
             const int32_t bsum = (int16_t)rd_u16(acts[n] + o.sum);
             const __m512i P = _mm512_sub_epi32(_mm512_add_epi32(s0, s1), _mm512_set1_epi32(bsum * 128));

@@ -7,6 +7,12 @@
 namespace iqkq {
 namespace avx512 {
 
+// Bytes at p broadcast straight from memory (one load, no shuffle unit): four bytes to every
+// dword of a 512- or 256-bit register, eight bytes to every quadword.
+static inline __m512i bcast_dword(const uint8_t* p) { return _mm512_broadcastd_epi32(_mm_loadu_si32(p)); }
+static inline __m256i bcast_dword256(const uint8_t* p) { return _mm256_broadcastd_epi32(_mm_loadu_si32(p)); }
+static inline __m512i bcast_qword(const uint8_t* p) { return _mm512_broadcastq_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))); }
+
 // The dword interleave of docs/formats.md §5 (qs[32 m + 4 r + j] = q_r[4 m + j]) for one 64-byte
 // register of each of 8 rows (dwords m = 0..15): out[p] = rows 0..7 dword 2p, then rows 0..7
 // dword 2p + 1. 24 shuffles:
