@@ -259,11 +259,13 @@ Plan make_plan(const KernelTables& kt, int type, int64_t rows, int64_t K, int64_
     // over (iqk_mul_mat, MulMat::mul_mat_NxM; docs/formats.md, "Legacy 32-blocks").
     p.single = N == 1 ? 0 : (!convert && rows < 32 && N > 16 && N % 32 == 1) ? N - 1 : -1;
     const int64_t G = p.G;
-    // Without conversion: rounded up to a multiple of two row groups. The AVX-512 kernels work
-    // on pairs of row groups (pairs of rows for G = 1), and a lone group at the end of a tile
-    // costs some of them a full pair (measured, one thread: iq4_ks_r4 GEMV +10 %, q8_k_r8
-    // N >= 32 +10 %; the converting paths gain nothing and keep their tiles).
-    const int64_t unit = convert ? G : 2 * G;
+    // Rounded up to a multiple of two row groups. The AVX-512 kernels work on pairs of row
+    // groups (pairs of rows for G = 1), and a lone group at the end of a tile costs some of
+    // them a full pair (measured, one thread: iq4_ks_r4 GEMV +10 %, q8_k_r8 N >= 32 +10 %; the
+    // converting paths, whose 128 KiB tiles held three 8-row groups at K = 4096, Zen 4
+    // ab_builds N = 32 / 512: q4_K x1.11 / 1.20, q5_K x1.03 / 1.10, q8_0 x1.11 / 1.12,
+    // iq4_ks x1.05 / 1.10; the AVX2 set unchanged).
+    const int64_t unit = 2 * G;
     // GEMV-like batches read each weight byte once: long tiles keep the weight streams long
     // (every tile restarts the hardware prefetchers on new streams; Zen 4, ab_builds --cold:
     // 1 MiB tiles against 64 KiB +12-30 % at 1 and 2 threads), but at least 4 tiles per thread
@@ -271,7 +273,7 @@ Plan make_plan(const KernelTables& kt, int type, int64_t rows, int64_t K, int64_
     const int64_t gemv_tile = std::clamp<int64_t>((int64_t)p.krb * rows / (4 * std::max(1, nthreads)), 64 * 1024, 1024 * 1024);
     const int64_t tile = N <= kGemvBatch ? gemv_tile : (k.tile_bytes ? k.tile_bytes : 128 * 1024);
     const int64_t fit = tile / (int64_t)p.krb;
-    int64_t rt = convert ? fit / unit * unit : (fit + unit - 1) / unit * unit;
+    int64_t rt = (fit + unit - 1) / unit * unit;
     // At least 16 output rows per tile, so tasks on different threads never write into the
     // same 64-byte line of the output (false sharing).
     rt = std::max<int64_t>(rt, std::max<int64_t>(16, G));
