@@ -129,6 +129,30 @@ void q8_1_r8_cols(const GemmArgs& g, int64_t n0, int64_t grp) {
 }
 
 
+// The exact (maddubs / int16) chain for one 32-block of a row-group pair, all NC columns:
+// the path of blocks holding a byte of 64 or more.
+template <int NC>
+__attribute__((noinline)) void q8_1_r8_pair_exact(const __m512i* q, __m512 dw, const uint8_t* const* acts, int64_t off,
+                                                  const float (*d8)[4], int ib, __m512* acc) {
+    for (int n = 0; n < NC; ++n) {
+        const int8_t* y = reinterpret_cast<const int8_t*>(acts[n] + off);
+        const __m512 c = _mm512_mul_ps(dw, _mm512_set1_ps(d8[n][ib]));
+        __m256i qa[4], qb[4];
+        for (int j = 0; j < 4; ++j) {
+            qa[j] = _mm512_castsi512_si256(q[j]);
+            qb[j] = _mm512_extracti64x4_epi64(q[j], 1);
+        }
+        const __m512i lo = _mm512_inserti64x4(_mm512_castsi256_si512(dot16_exact(qa, y)), dot16_exact(qb, y), 1);
+        for (int j = 0; j < 4; ++j) {
+            qa[j] = _mm512_castsi512_si256(q[4 + j]);
+            qb[j] = _mm512_extracti64x4_epi64(q[4 + j], 1);
+        }
+        const __m512i hi = _mm512_inserti64x4(_mm512_castsi256_si512(dot16_exact(qa, y + 16)), dot16_exact(qb, y + 16), 1);
+        acc[n] = _mm512_fmadd_ps(c, _mm512_cvtepi32_ps(lo), acc[n]);
+        acc[n] = _mm512_fmadd_ps(c, _mm512_cvtepi32_ps(hi), acc[n]);
+    }
+}
+
 // Two 8-row groups per 512-bit register (rows 0-7 of group grp in the low half, of grp + 1 in
 // the high half); per lane the same operations as the 256-bit version.
 template <int NC>
@@ -174,43 +198,31 @@ void q8_1_r8_pair(const GemmArgs& g, int64_t n0, int64_t grp) {
             for (int l = 0; l < 8; ++l) q[l] = ld64(xa + kQ81Qs + 32 * l, xb + kQ81Qs + 32 * l);
             __m512i any = q[0];
             for (int l = 1; l < 8; ++l) any = _mm512_or_si512(any, q[l]);
-            const bool small = _mm512_test_epi8_mask(any, hi2) == 0;
-            if (small) {
-                // Every column in registers (fully unrolled); the activation dwords are
-                // broadcast straight from memory.
-#pragma GCC unroll 8
-                for (int n = 0; n < NC; ++n) {
-                    const uint8_t* y = acts[n] + act::kQ82GroupBytes * i4 + act::kQ82GroupQs + 32 * ib;
-                    const __m512 c = _mm512_mul_ps(dw, _mm512_set1_ps(d8[n][ib]));
-                    __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[0], avx512::bcast_dword(y));
-                    __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[1], avx512::bcast_dword(y + 4));
-                    __m512i t0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[4], avx512::bcast_dword(y + 16));
-                    __m512i t1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[5], avx512::bcast_dword(y + 20));
-                    s0 = _mm512_dpbusd_epi32(s0, q[2], avx512::bcast_dword(y + 8));
-                    s1 = _mm512_dpbusd_epi32(s1, q[3], avx512::bcast_dword(y + 12));
-                    t0 = _mm512_dpbusd_epi32(t0, q[6], avx512::bcast_dword(y + 24));
-                    t1 = _mm512_dpbusd_epi32(t1, q[7], avx512::bcast_dword(y + 28));
-                    acc[n] = _mm512_fmadd_ps(c, _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), acc[n]);
-                    acc[n] = _mm512_fmadd_ps(c, _mm512_cvtepi32_ps(_mm512_add_epi32(t0, t1)), acc[n]);
-                }
+            if (__builtin_expect(_mm512_test_epi8_mask(any, hi2) != 0, 0)) {
+                // Raw q8_1_r8 bytes of 64 or more: the exact chain, out of line so that the
+                // accumulators of the common path stay in registers (a local copy keeps
+                // their address from escaping).
+                __m512 tmp[NC];
+                for (int n = 0; n < NC; ++n) tmp[n] = acc[n];
+                q8_1_r8_pair_exact<NC>(q, dw, acts, act::kQ82GroupBytes * i4 + act::kQ82GroupQs + 32 * ib, d8, ib, tmp);
+                for (int n = 0; n < NC; ++n) acc[n] = tmp[n];
                 continue;
             }
+            // Every column in registers (fully unrolled); the activation dwords are broadcast
+            // straight from memory; one chain per 16-element half (with 8 columns, 16
+            // independent chains hide the VPDPBUSD latency).
+#pragma GCC unroll 8
             for (int n = 0; n < NC; ++n) {
-                const int8_t* y = reinterpret_cast<const int8_t*>(acts[n] + act::kQ82GroupBytes * i4 + act::kQ82GroupQs + 32 * ib);
+                const uint8_t* y = acts[n] + act::kQ82GroupBytes * i4 + act::kQ82GroupQs + 32 * ib;
                 const __m512 c = _mm512_mul_ps(dw, _mm512_set1_ps(d8[n][ib]));
-                __m256i qa[4], qb[4];
-                for (int j = 0; j < 4; ++j) {
-                    qa[j] = _mm512_castsi512_si256(q[j]);
-                    qb[j] = _mm512_extracti64x4_epi64(q[j], 1);
+                __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[0], avx512::bcast_dword(y));
+                __m512i t = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[4], avx512::bcast_dword(y + 16));
+                for (int l = 1; l < 4; ++l) {
+                    s = _mm512_dpbusd_epi32(s, q[l], avx512::bcast_dword(y + 4 * l));
+                    t = _mm512_dpbusd_epi32(t, q[4 + l], avx512::bcast_dword(y + 16 + 4 * l));
                 }
-                const __m512i lo = _mm512_inserti64x4(_mm512_castsi256_si512(dot16_exact(qa, y)), dot16_exact(qb, y), 1);
-                for (int j = 0; j < 4; ++j) {
-                    qa[j] = _mm512_castsi512_si256(q[4 + j]);
-                    qb[j] = _mm512_extracti64x4_epi64(q[4 + j], 1);
-                }
-                const __m512i hi = _mm512_inserti64x4(_mm512_castsi256_si512(dot16_exact(qa, y + 16)), dot16_exact(qb, y + 16), 1);
-                acc[n] = _mm512_fmadd_ps(c, _mm512_cvtepi32_ps(lo), acc[n]);
-                acc[n] = _mm512_fmadd_ps(c, _mm512_cvtepi32_ps(hi), acc[n]);
+                acc[n] = _mm512_fmadd_ps(c, _mm512_cvtepi32_ps(s), acc[n]);
+                acc[n] = _mm512_fmadd_ps(c, _mm512_cvtepi32_ps(t), acc[n]);
             }
         }
     }
