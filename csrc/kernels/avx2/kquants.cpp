@@ -205,24 +205,31 @@ void convert_qK_q8_1_r8(const uint8_t* src, uint8_t* dst, int64_t nrows, int64_t
                     ls[b][k] = u8[b];
                     lm[b][k] = u8[8 + b];
                 }
-                __m256i hbits = five ? load32(blk + kQ5Qh) : _mm256_setzero_si256();
-                for (int c = 0; c < 4; ++c) {
-                    const __m256i bits = load32(blk + qs_off + 32 * c);
-                    __m256i v1 = _mm256_and_si256(bits, mf), v2 = _mm256_and_si256(_mm256_srli_epi16(bits, 4), mf);
+            }
+            // Quants: per 32-block an 8 x 8 transpose of dwords (row k, dword l -> output
+            // dword 8 l + k), two 32-blocks per 32 bytes of 4-bit codes.
+            __m256i hbits[8];
+            if (five)
+                for (int k = 0; k < 8; ++k) hbits[k] = load32(src + (size_t)(g * 8 + k) * rb + i * bytes + kQ5Qh);
+            for (int c = 0; c < 4; ++c) {
+                __m256i v1[8], v2[8];
+                for (int k = 0; k < 8; ++k) {
+                    const __m256i bits = load32(src + (size_t)(g * 8 + k) * rb + i * bytes + qs_off + 32 * c);
+                    v1[k] = _mm256_and_si256(bits, mf);
+                    v2[k] = _mm256_and_si256(_mm256_srli_epi16(bits, 4), mf);
                     if (five) {
-                        v1 = _mm256_or_si256(v1, _mm256_and_si256(mh, _mm256_slli_epi16(hbits, 4)));
-                        v2 = _mm256_or_si256(v2, _mm256_and_si256(mh, _mm256_slli_epi16(hbits, 3)));
-                        hbits = _mm256_srli_epi16(hbits, 2);
+                        v1[k] = _mm256_or_si256(v1[k], _mm256_and_si256(mh, _mm256_slli_epi16(hbits[k], 4)));
+                        v2[k] = _mm256_or_si256(v2[k], _mm256_and_si256(mh, _mm256_slli_epi16(hbits[k], 3)));
+                        hbits[k] = _mm256_srli_epi16(hbits[k], 2);
                     }
-                    alignas(32) uint32_t b1[8], b2[8];
-                    _mm256_store_si256(reinterpret_cast<__m256i*>(b1), v1);
-                    _mm256_store_si256(reinterpret_cast<__m256i*>(b2), v2);
-                    uint8_t* o1 = y + (2 * c) * kQ81Bytes + kQ81Qs + 4 * k;
-                    uint8_t* o2 = y + (2 * c + 1) * kQ81Bytes + kQ81Qs + 4 * k;
-                    for (int l = 0; l < 8; ++l) {
-                        std::memcpy(o1 + 32 * l, &b1[l], 4);
-                        std::memcpy(o2 + 32 * l, &b2[l], 4);
-                    }
+                }
+                transpose8x8_epi32(v1);
+                transpose8x8_epi32(v2);
+                uint8_t* o1 = y + (2 * c) * kQ81Bytes + kQ81Qs;
+                uint8_t* o2 = y + (2 * c + 1) * kQ81Bytes + kQ81Qs;
+                for (int l = 0; l < 8; ++l) {
+                    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o1 + 32 * l), v1[l]);
+                    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o2 + 32 * l), v2[l]);
                 }
             }
             const __m256 vd = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(dh)));
