@@ -128,6 +128,7 @@ void convert_q6_K_q8_0_r8(const uint8_t* src, uint8_t* dst, int64_t nrows, int64
         uint8_t* y = dst + (size_t)g * (K / 32) * kR8;
         for (int64_t i = 0; i < nb; ++i, y += 8 * kR8) {
             alignas(32) float all_s[64];
+            __m256i qb[8][8];  // [32-block b][row k], transposed into place below
             for (int k = 0; k < 8; ++k) {
                 const uint8_t* blk = src + (size_t)(g * 8 + k) * rb + i * kQ6Bytes;
                 const float d = _cvtsh_ss(rd_u16(blk + kQ6D));
@@ -154,20 +155,22 @@ void convert_q6_K_q8_0_r8(const uint8_t* src, uint8_t* dst, int64_t nrows, int64
                     mf = _mm_max_ss(mf, _mm_movehdup_ps(mf));
                     const float mx = _mm_cvtss_f32(mf) / 127.0f;
                     all_s[8 * b + k] = d * mx;
-                    alignas(32) uint32_t block[8];
                     if (mx > 1e-9f) {
                         const __m256 s = _mm256_set1_ps(1.0f / mx);
                         const __m256 f0 = _mm256_mul_ps(s, _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(ql16))));
                         const __m256 f1 = _mm256_mul_ps(s, _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(ql16, 1))));
                         const __m256 f2 = _mm256_mul_ps(s, _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(qh16))));
                         const __m256 f3 = _mm256_mul_ps(s, _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(qh16, 1))));
-                        _mm256_store_si256(reinterpret_cast<__m256i*>(block), pack_rne_i8(f0, f1, f2, f3));
+                        qb[b][k] = pack_rne_i8(f0, f1, f2, f3);
                     } else {
-                        _mm256_store_si256(reinterpret_cast<__m256i*>(block), _mm256_setzero_si256());
+                        qb[b][k] = _mm256_setzero_si256();
                     }
-                    uint8_t* o = y + b * kR8 + 16;
-                    for (int l = 0; l < 8; ++l) std::memcpy(o + 32 * l + 4 * k, &block[l], 4);
                 }
+            }
+            // Row k's dword l of block b goes to dword 8 l + k of the block's quants.
+            for (int b = 0; b < 8; ++b) {
+                transpose8x8_epi32(qb[b]);
+                for (int l = 0; l < 8; ++l) _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + b * kR8 + 16 + 32 * l), qb[b][l]);
             }
             for (int b = 0; b < 8; ++b)
                 _mm_storeu_si128(reinterpret_cast<__m128i*>(y + b * kR8),
