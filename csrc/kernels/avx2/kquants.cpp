@@ -192,8 +192,10 @@ void convert_qK_q8_1_r8(const uint8_t* src, uint8_t* dst, int64_t nrows, int64_t
         for (int64_t i = 0; i < nb; ++i, y += 8 * kQ81Bytes) {
             alignas(32) uint16_t dh[16];
             alignas(32) int32_t ls[8][8], lm[8][8];
+            const uint8_t* blks[8];  // super-block i of the group's 8 rows
+            for (int k = 0; k < 8; ++k) blks[k] = src + (size_t)(g * 8 + k) * rb + i * bytes;
             for (int k = 0; k < 8; ++k) {
-                const uint8_t* blk = src + (size_t)(g * 8 + k) * rb + i * bytes;
+                const uint8_t* blk = blks[k];
                 dh[k] = rd_u16(blk);
                 dh[k + 8] = rd_u16(blk + 2);
                 uint32_t u[4];
@@ -213,11 +215,11 @@ void convert_qK_q8_1_r8(const uint8_t* src, uint8_t* dst, int64_t nrows, int64_t
             // dword 8 l + k), two 32-blocks per 32 bytes of 4-bit codes.
             __m256i hbits[8];
             if (five)
-                for (int k = 0; k < 8; ++k) hbits[k] = load32(src + (size_t)(g * 8 + k) * rb + i * bytes + kQ5Qh);
+                for (int k = 0; k < 8; ++k) hbits[k] = load32(blks[k] + kQ5Qh);
             for (int c = 0; c < 4; ++c) {
                 __m256i v1[8], v2[8];
                 for (int k = 0; k < 8; ++k) {
-                    const __m256i bits = load32(src + (size_t)(g * 8 + k) * rb + i * bytes + qs_off + 32 * c);
+                    const __m256i bits = load32(blks[k] + qs_off + 32 * c);
                     v1[k] = _mm256_and_si256(bits, mf);
                     v2[k] = _mm256_and_si256(_mm256_srli_epi16(bits, 4), mf);
                     if (five) {
