@@ -516,9 +516,14 @@ inline void store_r4(float* C, __m256 acc) {
     _mm_storeu_ps(C, _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1)));
 }
 
+// One or two columns: the weights stay unsigned magnitudes g and the signs go onto the
+// activations (_mm256_sign_epi8 with the byte mask | 1; exact, as q8_K never holds -128), so
+// no offset is added and none removed: the same exact integers as the offset form, fewer
+// operations per row when the decoded weights are not shared by many columns.
 template <int NC>
 void gemm_iq3_xxs_r4_small(const GemmArgs& g) {
     const int64_t nbl = g.K / kQK;
+    const __m256i one = _mm256_set1_epi8(1);
     for (int64_t grp = 0; grp < g.nrows / 4; ++grp) {
         const uint8_t* w = g.W + grp * g.w_group_bytes;
         __m256 acc[NC];
@@ -528,27 +533,35 @@ void gemm_iq3_xxs_r4_small(const GemmArgs& g) {
             __m256i P[NC][4];
             for (int n = 0; n < NC; ++n)
                 for (int r = 0; r < 4; ++r) P[n][r] = _mm256_setzero_si256();
-            __m128i mult[8];
 #pragma GCC unroll 8
             for (int b = 0; b < 8; ++b) {
-                mult[b] = r4_mults(blk, b);
-                const __m256i m2 = _mm256_set_m128i(mult[b], mult[b]);
+                const __m128i mult = r4_mults(blk, b);
+                const __m128i m16 = _mm_or_si128(mult, _mm_slli_epi32(mult, 16));
+                const __m256i m2 = _mm256_set_m128i(m16, m16);
                 const __m256i sg = r4_sign_bytes(blk + kR4SasOff + 16 * b);
                 __m256i a[NC];
                 for (int n = 0; n < NC; ++n) a[n] = load32(g.A + n * g.a_row_bytes + act::kQ8KBytes * i + act::kQ8KQs + 32 * b);
 #pragma GCC unroll 4
                 for (int r = 0; r < 4; ++r) {
-                    const __m256i u = offset_values(grid_block(blk + kR4QsOff + 32 * b + 8 * r), sign_mask(sg, r));
-                    const __m256i mr = _mm256_permutevar8x32_epi32(m2, _mm256_set1_epi32(r));
-                    const __m256i m16 = _mm256_or_si256(mr, _mm256_slli_epi32(mr, 16));
+                    const __m256i q = grid_block(blk + kR4QsOff + 32 * b + 8 * r);
+                    const __m256i s = _mm256_or_si256(sign_mask(sg, r), one);
+                    __m256i mr;
+                    switch (r) {
+                        case 0: mr = _mm256_shuffle_epi32(m2, 0x00); break;
+                        case 1: mr = _mm256_shuffle_epi32(m2, 0x55); break;
+                        case 2: mr = _mm256_shuffle_epi32(m2, 0xaa); break;
+                        default: mr = _mm256_shuffle_epi32(m2, 0xff); break;
+                    }
                     for (int n = 0; n < NC; ++n)
-                        P[n][r] = _mm256_add_epi32(P[n][r], _mm256_madd_epi16(_mm256_maddubs_epi16(u, a[n]), m16));
+                        P[n][r] = _mm256_add_epi32(P[n][r], _mm256_madd_epi16(_mm256_maddubs_epi16(q, _mm256_sign_epi8(a[n], s)), mr));
                 }
             }
-            __m256i X[4];
-            r4_pairs(mult, X);
             const __m256 d8 = r4_scales(blk);
-            for (int n = 0; n < NC; ++n) acc[n] = f_update(acc[n], P[n], X, g.A + n * g.a_row_bytes + act::kQ8KBytes * i, d8);
+            for (int n = 0; n < NC; ++n) {
+                const __m256i S = _mm256_hadd_epi32(_mm256_hadd_epi32(P[n][0], P[n][1]), _mm256_hadd_epi32(P[n][2], P[n][3]));
+                acc[n] = _mm256_fmadd_ps(_mm256_mul_ps(d8, _mm256_set1_ps(rd_f32(g.A + n * g.a_row_bytes + act::kQ8KBytes * i))),
+                                         _mm256_cvtepi32_ps(S), acc[n]);
+            }
         }
         for (int n = 0; n < NC; ++n) store_r4(g.C + n * g.ldc + grp * 4, acc[n]);
     }
@@ -618,6 +631,8 @@ void gemm_iq3_xxs_r4(const GemmArgs& g) {
     switch (g.ncols) {
         case 1: gemm_iq3_xxs_r4_small<1>(g); return;
         case 2: gemm_iq3_xxs_r4_small<2>(g); return;
+        case 3: gemm_iq3_xxs_r4_small<3>(g); return;
+        case 4: gemm_iq3_xxs_r4_small<4>(g); return;
         default: break;
     }
     for (int64_t n0 = 0; n0 < g.ncols; n0 += kMaxCols)
