@@ -31,8 +31,10 @@ void gemm_q5_K(const GemmArgs& g) {
 }
 
 void gemm_q6_K(const GemmArgs& g) {
-    static const ColsFn fns[] = {nullptr, gemm_q6_K_cols<false, 1>, gemm_q6_K_cols<false, 2>, gemm_q6_K_cols<false, 3>, gemm_q6_K_cols<false, 4>};
-    for_column_chunks(g, fns, 4);
+    static const ColsFn fns[] = {nullptr, gemm_q6_K_cols<false, 1>, gemm_q6_K_cols<false, 2>, gemm_q6_K_cols<false, 3>,
+                                 gemm_q6_K_cols<false, 4>, gemm_q6_K_cols<false, 5>, gemm_q6_K_cols<false, 6>,
+                                 gemm_q6_K_cols<false, 7>, gemm_q6_K_cols<false, 8>};
+    for_column_chunks(g, fns, 8);
 }
 
 // dot of 32 weight bytes qx[0..3] (4 bytes per 32-bit unit = per row) with 16 activations
@@ -105,17 +107,21 @@ void gemm_q8_1_r8(const GemmArgs& g) {
 
 void gemm_q4_k_r4(const GemmArgs& g) {
     static const ColsFn fns[] = {nullptr, gemm_q45_r4_cols<0, 1>, gemm_q45_r4_cols<0, 2>, gemm_q45_r4_cols<0, 3>,
-                                 gemm_q45_r4_cols<0, 4>};
-    for_column_chunks(g, fns, 4, gemm_q45_r4_cols<0, 1, true>);
+                                 gemm_q45_r4_cols<0, 4>, gemm_q45_r4_cols<0, 5>, gemm_q45_r4_cols<0, 6>,
+                                 gemm_q45_r4_cols<0, 7>, gemm_q45_r4_cols<0, 8>};
+    for_column_chunks(g, fns, 8, gemm_q45_r4_cols<0, 1, true>);
 }
 void gemm_q5_k_r4(const GemmArgs& g) {
     static const ColsFn fns[] = {nullptr, gemm_q45_r4_cols<1, 1>, gemm_q45_r4_cols<1, 2>, gemm_q45_r4_cols<1, 3>,
-                                 gemm_q45_r4_cols<1, 4>};
-    for_column_chunks(g, fns, 4, gemm_q45_r4_cols<1, 1, true>);
+                                 gemm_q45_r4_cols<1, 4>, gemm_q45_r4_cols<1, 5>, gemm_q45_r4_cols<1, 6>,
+                                 gemm_q45_r4_cols<1, 7>, gemm_q45_r4_cols<1, 8>};
+    for_column_chunks(g, fns, 8, gemm_q45_r4_cols<1, 1, true>);
 }
 void gemm_q6_k_r4(const GemmArgs& g) {
-    static const ColsFn fns[] = {nullptr, gemm_q6_r4_cols<1>, gemm_q6_r4_cols<2>, gemm_q6_r4_cols<3>, gemm_q6_r4_cols<4>};
-    for_column_chunks(g, fns, 4, gemm_q6_r4_cols<1, true>);
+    static const ColsFn fns[] = {nullptr, gemm_q6_r4_cols<1>, gemm_q6_r4_cols<2>, gemm_q6_r4_cols<3>,
+                                 gemm_q6_r4_cols<4>, gemm_q6_r4_cols<5>, gemm_q6_r4_cols<6>, gemm_q6_r4_cols<7>,
+                                 gemm_q6_r4_cols<8>};
+    for_column_chunks(g, fns, 8, gemm_q6_r4_cols<1, true>);
 }
 
 // q6_K -> q8_0_r8 (iqk_convert_q6_k_q8_0_r8), the same operations as the scalar reference.

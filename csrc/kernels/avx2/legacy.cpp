@@ -125,8 +125,9 @@ void gemm_base_cols(const GemmArgs& g, int64_t n0) {
 template <typename Dec>
 void gemm_base(const GemmArgs& g) {
     static const ColsFn fns[] = {nullptr, gemm_base_cols<Dec, 1>, gemm_base_cols<Dec, 2>, gemm_base_cols<Dec, 3>,
-                                 gemm_base_cols<Dec, 4>};
-    for_column_chunks(g, fns, 4);
+                                 gemm_base_cols<Dec, 4>, gemm_base_cols<Dec, 5>, gemm_base_cols<Dec, 6>,
+                                 gemm_base_cols<Dec, 7>, gemm_base_cols<Dec, 8>};
+    for_column_chunks(g, fns, 8);
 }
 
 // ---------------------------------------------------------------- 4-row twins
@@ -183,8 +184,9 @@ void gemm_r4_cols(const GemmArgs& g, int64_t n0) {
 template <int kR4Type>
 void gemm_r4(const GemmArgs& g) {
     static const ColsFn fns[] = {nullptr, gemm_r4_cols<kR4Type, 1>, gemm_r4_cols<kR4Type, 2>, gemm_r4_cols<kR4Type, 3>,
-                                 gemm_r4_cols<kR4Type, 4>};
-    for_column_chunks(g, fns, 4);
+                                 gemm_r4_cols<kR4Type, 4>, gemm_r4_cols<kR4Type, 5>, gemm_r4_cols<kR4Type, 6>,
+                                 gemm_r4_cols<kR4Type, 7>, gemm_r4_cols<kR4Type, 8>};
+    for_column_chunks(g, fns, 8);
 }
 
 // ---------------------------------------------------------------- q4_0_r8
@@ -299,8 +301,9 @@ void gemm_q4_0_r8_single(const GemmArgs& g, int64_t n0) {
 
 void gemm_q4_0_r8(const GemmArgs& g) {
     static const ColsFn fns[] = {nullptr, gemm_q4_0_r8_cols<1>, gemm_q4_0_r8_cols<2>, gemm_q4_0_r8_cols<3>,
-                                 gemm_q4_0_r8_cols<4>};
-    for_column_chunks(g, fns, 4, gemm_q4_0_r8_single);
+                                 gemm_q4_0_r8_cols<4>, gemm_q4_0_r8_cols<5>, gemm_q4_0_r8_cols<6>, gemm_q4_0_r8_cols<7>,
+                                 gemm_q4_0_r8_cols<8>};
+    for_column_chunks(g, fns, 8, gemm_q4_0_r8_single);
 }
 
 // ---------------------------------------------------------------- large batch -> q8_0_r8

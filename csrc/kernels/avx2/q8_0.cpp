@@ -202,8 +202,9 @@ void gemm_q8_0_cols(const GemmArgs& g, int64_t n0) {
 }
 
 void gemm_q8_0(const GemmArgs& g) {
-    static const ColsFn fns[] = {nullptr, gemm_q8_0_cols<1>, gemm_q8_0_cols<2>, gemm_q8_0_cols<3>, gemm_q8_0_cols<4>};
-    for_column_chunks(g, fns, 4);
+    static const ColsFn fns[] = {nullptr, gemm_q8_0_cols<1>, gemm_q8_0_cols<2>, gemm_q8_0_cols<3>, gemm_q8_0_cols<4>,
+                                 gemm_q8_0_cols<5>, gemm_q8_0_cols<6>, gemm_q8_0_cols<7>, gemm_q8_0_cols<8>};
+    for_column_chunks(g, fns, 8);
 }
 
 // Kernel (B) for NC columns: per 8-row group and block, P (8 lanes = 8 rows) is the exact
@@ -274,8 +275,9 @@ void gemm_q8_0_r8_cols(const GemmArgs& g, int64_t n0) {
 }
 
 void gemm_q8_0_r8(const GemmArgs& g) {
-    static const ColsFn fns[] = {nullptr, gemm_q8_0_r8_cols<1>, gemm_q8_0_r8_cols<2>, gemm_q8_0_r8_cols<3>, gemm_q8_0_r8_cols<4>};
-    for_column_chunks(g, fns, 4);
+    static const ColsFn fns[] = {nullptr, gemm_q8_0_r8_cols<1>, gemm_q8_0_r8_cols<2>, gemm_q8_0_r8_cols<3>, gemm_q8_0_r8_cols<4>,
+                                 gemm_q8_0_r8_cols<5>, gemm_q8_0_r8_cols<6>, gemm_q8_0_r8_cols<7>, gemm_q8_0_r8_cols<8>};
+    for_column_chunks(g, fns, 8);
 }
 
 }  // namespace
