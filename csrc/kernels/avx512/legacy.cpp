@@ -46,12 +46,33 @@ inline __m512i biased_nl_table() {
                             _mm512_set1_epi8((char)0x80));
 }
 
-// Four 16-byte pieces -> one 512-bit vector (p0 in the lowest 128 bits).
-inline __m512i load4x16(const uint8_t* p0, const uint8_t* p1, const uint8_t* p2, const uint8_t* p3) {
-    __m512i v = _mm512_castsi128_si512(load16(p0));
-    v = _mm512_inserti32x4(v, load16(p1), 1);
-    v = _mm512_inserti32x4(v, load16(p2), 2);
-    return _mm512_inserti32x4(v, load16(p3), 3);
+// Byte indices (into [row r0's two blocks | row r1's two blocks], 64 bytes each) for codes4:
+// chunk k of the first = the 16 nibble bytes (at offset QS) of block k % 2 of row k / 2, of
+// the second = the 8 bytes at offset 2 (q6_0's high bits) of that block, twice.
+struct PairPerm {
+    uint8_t v[2][64];
+};
+template <int B, int QS>
+constexpr PairPerm make_pair_perm() {
+    PairPerm p{};
+    for (int k = 0; k < 4; ++k)
+        for (int j = 0; j < 16; ++j) {
+            const int base = 64 * (k / 2) + B * (k % 2);
+            p.v[0][16 * k + j] = (uint8_t)(base + QS + j);
+            p.v[1][16 * k + j] = (uint8_t)(base + 2 + j % 8);
+        }
+    return p;
+}
+template <int B, int QS>
+struct PairPermOf {
+    alignas(64) static constexpr PairPerm value = make_pair_perm<B, QS>();
+};
+
+// The two blocks at p of one row (2 * B <= 64 bytes; masked lanes never fault).
+template <int B>
+inline __m512i load_pair(const uint8_t* p) {
+    static_assert(2 * B <= 64, "two blocks in one 512-bit load");
+    return _mm512_maskz_loadu_epi8((__mmask64)((1ull << (2 * B)) - 1), p);
 }
 
 // The codes of the block pair (b, b + 1) of two rows (a -> block b of row r0, c -> block b of
@@ -66,14 +87,22 @@ inline void codes4(const uint8_t* a, const uint8_t* c, __m512i tvb, __m512i& lo,
     constexpr int B = Dec::D::kBytes;
     const __m512i m4 = _mm512_set1_epi8(0xf);
     if constexpr (std::is_same_v<Dec, DecQ6>) {
-        __m256i la, ha, lc, hc;
-        Pair<Dec>::codes(a, a + B, la, ha);
-        Pair<Dec>::codes(c, c + B, lc, hc);
-        lo = join(la, lc);
-        hi = join(ha, hc);
+        // chunk k of q = one block's 16 nibble bytes (elements 0..15 low nibbles, 16..31
+        // high), chunk k of hh = its 8 high-bit bytes h, twice. Element e takes bits 0 / 4 / 2 / 6
+        // of h[e % 8] for e in 0-7 / 8-15 / 16-23 / 24-31 (DecQ6), moved to bits 4-5 by rotating
+        // the 64-bit halves left by 4 / 0 (lo) and 2 / 62 (hi).
+        using Perm = PairPermOf<B, 10>;
+        const __m512i va = load_pair<B>(a), vc = load_pair<B>(c);
+        const __m512i q = _mm512_permutex2var_epi8(va, _mm512_load_si512(Perm::value.v[0]), vc);
+        const __m512i hh = _mm512_permutex2var_epi8(va, _mm512_load_si512(Perm::value.v[1]), vc);
+        const __m512i m6 = _mm512_set1_epi8(0x30);
+        const __m512i hl = _mm512_rolv_epi64(hh, _mm512_setr_epi64(4, 0, 4, 0, 4, 0, 4, 0));
+        const __m512i hv = _mm512_rolv_epi64(hh, _mm512_setr_epi64(2, 62, 2, 62, 2, 62, 2, 62));
+        lo = _mm512_ternarylogic_epi32(_mm512_and_si512(q, m4), hl, m6, 0xf8);  // a | (b & c)
+        hi = _mm512_ternarylogic_epi32(_mm512_and_si512(_mm512_srli_epi16(q, 4), m4), hv, m6, 0xf8);
     } else {
         constexpr int qs = std::is_same_v<Dec, DecQ5> ? 6 : 2;
-        const __m512i q = load4x16(a + qs, a + B + qs, c + qs, c + B + qs);
+        const __m512i q = _mm512_permutex2var_epi8(load_pair<B>(a), _mm512_load_si512(PairPermOf<B, qs>::value.v[0]), load_pair<B>(c));
         lo = _mm512_and_si512(q, m4);
         hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
         if constexpr (std::is_same_v<Dec, DecNL>) {
