@@ -203,11 +203,11 @@ __attribute__((noinline)) void gemm_r8_cols(const GemmArgs& g, int64_t n0) {
         for (int n = 0; n < NC; ++n) acc[n] = _mm256_setzero_ps();
         for (int64_t i = 0; i < nsuper; ++i) {
             const uint8_t* gb = w + i * kR8Bytes;
-            // GEMV-like batches: the group super-block 8 ahead (~8.7 KiB) prefetched into L2
-            // (Zen 4 ab_builds --cold N = 1: x1.44-1.55 at 1 thread, x1.08-1.49 at 2; 2 and 4
-            // super-blocks ahead or an L1 hint gained less or lost).
+            // GEMV-like batches: the group super-block 12 ahead (~13 KiB) prefetched into L2
+            // (Zen 4 ab_builds --cold N = 1, 1 thread: 8 ahead x1.44-1.55 over none, 12 ahead
+            // x1.08-1.10 over 8, 16 / 24 ahead x1.05-1.07; 2 and 4 ahead or an L1 hint less).
             if (NC <= 2)
-                for (int l = 0; l < kR8Bytes; l += 64) IQKQ_PREFETCH((const char*)(gb + 8 * kR8Bytes + l), _MM_HINT_T1);
+                for (int l = 0; l < kR8Bytes; l += 64) IQKQ_PREFETCH((const char*)(gb + 12 * kR8Bytes + l), _MM_HINT_T1);
             r8_scales(gb, sc);
             __m512i isum[NC];
             for (int n = 0; n < NC; ++n) isum[n] = _mm512_setzero_si512();
