@@ -329,16 +329,18 @@ void q45_r4_pair(const GemmArgs& g, int64_t n0, int64_t grp, int64_t grp2) {
             __m512i qx[4] = {_mm512_and_si512(b1, mf5), _mm512_and_si512(b2, mf5), _mm512_and_si512(_mm512_srli_epi16(b1, 4), mf5),
                              _mm512_and_si512(_mm512_srli_epi16(b2, 4), mf5)};
             if (kind == 1) {
-                __m256i hb[2];
-                for (int p = 0; p < 2; ++p) {
-                    const __m128i q128 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x[p] + kQ5R4Qh + 16 * ib));
-                    hb[p] = _mm256_set_m128i(q128, _mm_slli_epi16(q128, 4));
-                }
-                const __m512i h = join(hb[0], hb[1]);
-                qx[0] = _mm512_or_si512(qx[0], _mm512_and_si512(m10, h));
-                qx[1] = _mm512_or_si512(qx[1], _mm512_and_si512(m10, _mm512_srli_epi16(h, 2)));
-                qx[2] = _mm512_or_si512(qx[2], _mm512_and_si512(m10, _mm512_srli_epi16(h, 1)));
-                qx[3] = _mm512_or_si512(qx[3], _mm512_and_si512(m10, _mm512_srli_epi16(h, 3)));
+                // 128-bit chunks [qh0 << 4, qh0, qh1 << 4, qh1] (qh_p: the 16 high-bit bytes of
+                // group p's block): one two-piece load, a chunk permute and one variable shift.
+                const __m256i q2 = _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(x[1] + kQ5R4Qh + 16 * ib),
+                                                       reinterpret_cast<const __m128i*>(x[0] + kQ5R4Qh + 16 * ib));
+                const __m512i q4 = _mm512_shuffle_i64x2(_mm512_castsi256_si512(q2), _mm512_castsi256_si512(q2), 0x50);
+                const __m512i h = _mm512_sllv_epi16(q4, _mm512_setr_epi64(0x0004000400040004, 0x0004000400040004, 0, 0,
+                                                                          0x0004000400040004, 0x0004000400040004, 0, 0));
+                // qx | (m10 & shifted h), one ternary-logic op each
+                qx[0] = _mm512_ternarylogic_epi32(qx[0], m10, h, 0xf8);
+                qx[1] = _mm512_ternarylogic_epi32(qx[1], m10, _mm512_srli_epi16(h, 2), 0xf8);
+                qx[2] = _mm512_ternarylogic_epi32(qx[2], m10, _mm512_srli_epi16(h, 1), 0xf8);
+                qx[3] = _mm512_ternarylogic_epi32(qx[3], m10, _mm512_srli_epi16(h, 3), 0xf8);
             }
             for (int n = 0; n < NC; ++n) {
                 const __m512i y = _mm512_broadcast_i64x4(ld32(acts[n] + ibl * act::kQ8KBytes + act::kQ8KQs + 32 * ib));
