@@ -102,7 +102,8 @@ inline void codes4(const uint8_t* a, const uint8_t* c, __m512i tvb, __m512i& lo,
         hi = _mm512_ternarylogic_epi32(_mm512_and_si512(_mm512_srli_epi16(q, 4), m4), hv, m6, 0xf8);
     } else {
         constexpr int qs = std::is_same_v<Dec, DecQ5> ? 6 : 2;
-        const __m512i q = _mm512_permutex2var_epi8(load_pair<B>(a), _mm512_load_si512(PairPermOf<B, qs>::value.v[0]), load_pair<B>(c));
+        using Perm = PairPermOf<B, qs>;
+        const __m512i q = _mm512_permutex2var_epi8(load_pair<B>(a), _mm512_load_si512(Perm::value.v[0]), load_pair<B>(c));
         lo = _mm512_and_si512(q, m4);
         hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
         if constexpr (std::is_same_v<Dec, DecNL>) {
