@@ -516,7 +516,7 @@ inline void store_r4(float* C, __m256 acc) {
     _mm_storeu_ps(C, _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1)));
 }
 
-// One or two columns: the weights stay unsigned magnitudes g and the signs go onto the
+// One to four columns: the weights stay unsigned magnitudes g and the signs go onto the
 // activations (_mm256_sign_epi8 with the byte mask | 1; exact, as q8_K never holds -128), so
 // no offset is added and none removed: the same exact integers as the offset form, fewer
 // operations per row when the decoded weights are not shared by many columns.

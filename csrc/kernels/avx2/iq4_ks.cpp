@@ -489,18 +489,9 @@ void gemm_iq4_ks(const GemmArgs& g) {
         case 1: gemm_iq4_ks_paired<1>(g); return;
         default: break;
     }
-    for (int64_t n = 0; n < g.ncols;) {
-        switch (g.ncols - n < 8 ? g.ncols - n : 8) {
-            case 8: gemm_iq4_ks_cols<8>(g, n); n += 8; break;
-            case 7: gemm_iq4_ks_cols<7>(g, n); n += 7; break;
-            case 6: gemm_iq4_ks_cols<6>(g, n); n += 6; break;
-            case 5: gemm_iq4_ks_cols<5>(g, n); n += 5; break;
-            case 4: gemm_iq4_ks_cols<4>(g, n); n += 4; break;
-            case 3: gemm_iq4_ks_cols<3>(g, n); n += 3; break;
-            case 2: gemm_iq4_ks_cols<2>(g, n); n += 2; break;
-            default: gemm_iq4_ks_cols<1>(g, n); n += 1; break;
-        }
-    }
+    static const ColsFn fns[] = {nullptr, gemm_iq4_ks_cols<1>, gemm_iq4_ks_cols<2>, gemm_iq4_ks_cols<3>, gemm_iq4_ks_cols<4>,
+                                 gemm_iq4_ks_cols<5>, gemm_iq4_ks_cols<6>, gemm_iq4_ks_cols<7>, gemm_iq4_ks_cols<8>};
+    for_column_chunks(g, fns, 8);
 }
 
 // Kernel (G) for NC columns. Lane l <-> row l%4, elements 16h..16h+15 (h = l/4) of each block.
@@ -590,19 +581,9 @@ __attribute__((noinline)) void gemm_iq4_ks_r4_cols(const GemmArgs& g, int64_t n0
 // Up to 8 columns in one pass over the weights (the decoded block is shared by more columns;
 // the spills of the 8-column form cost less than decoding twice: Zen 4, N = 5..8 x1.13).
 void gemm_iq4_ks_r4(const GemmArgs& g) {
-    for (int64_t n = 0; n < g.ncols;) {
-        const int64_t left = g.ncols - n;
-        switch (left < 8 ? left : 8) {
-            case 8: gemm_iq4_ks_r4_cols<8>(g, n); n += 8; break;
-            case 7: gemm_iq4_ks_r4_cols<7>(g, n); n += 7; break;
-            case 6: gemm_iq4_ks_r4_cols<6>(g, n); n += 6; break;
-            case 5: gemm_iq4_ks_r4_cols<5>(g, n); n += 5; break;
-            case 4: gemm_iq4_ks_r4_cols<4>(g, n); n += 4; break;
-            case 3: gemm_iq4_ks_r4_cols<3>(g, n); n += 3; break;
-            case 2: gemm_iq4_ks_r4_cols<2>(g, n); n += 2; break;
-            default: gemm_iq4_ks_r4_cols<1>(g, n); n += 1; break;
-        }
-    }
+    static const ColsFn fns[] = {nullptr, gemm_iq4_ks_r4_cols<1>, gemm_iq4_ks_r4_cols<2>, gemm_iq4_ks_r4_cols<3>, gemm_iq4_ks_r4_cols<4>,
+                                 gemm_iq4_ks_r4_cols<5>, gemm_iq4_ks_r4_cols<6>, gemm_iq4_ks_r4_cols<7>, gemm_iq4_ks_r4_cols<8>};
+    for_column_chunks(g, fns, 8);
 }
 
 // ================================================================================ large batch

@@ -384,18 +384,9 @@ __attribute__((noinline)) void gemm_iq4_xs_r8_cols(const GemmArgs& g, int64_t n0
 }
 
 void gemm_iq4_xs_r8(const GemmArgs& g) {
-    for (int64_t n = 0; n < g.ncols;) {
-        switch (g.ncols - n < 8 ? g.ncols - n : 8) {
-            case 8: gemm_iq4_xs_r8_cols<8>(g, n); n += 8; break;
-            case 7: gemm_iq4_xs_r8_cols<7>(g, n); n += 7; break;
-            case 6: gemm_iq4_xs_r8_cols<6>(g, n); n += 6; break;
-            case 5: gemm_iq4_xs_r8_cols<5>(g, n); n += 5; break;
-            case 4: gemm_iq4_xs_r8_cols<4>(g, n); n += 4; break;
-            case 3: gemm_iq4_xs_r8_cols<3>(g, n); n += 3; break;
-            case 2: gemm_iq4_xs_r8_cols<2>(g, n); n += 2; break;
-            default: gemm_iq4_xs_r8_cols<1>(g, n); n += 1; break;
-        }
-    }
+    static const ColsFn fns[] = {nullptr, gemm_iq4_xs_r8_cols<1>, gemm_iq4_xs_r8_cols<2>, gemm_iq4_xs_r8_cols<3>, gemm_iq4_xs_r8_cols<4>,
+                                 gemm_iq4_xs_r8_cols<5>, gemm_iq4_xs_r8_cols<6>, gemm_iq4_xs_r8_cols<7>, gemm_iq4_xs_r8_cols<8>};
+    for_column_chunks(g, fns, 8);
 }
 
 void dequantize_iq4_xs_r8(const uint8_t* src, float* dst, int64_t nrows, int64_t K) {
