@@ -256,7 +256,7 @@ inline __m512i join(__m256i a, __m256i b) { return _mm512_inserti64x4(_mm512_cas
 // Software prefetch of both weight streams, whole super-blocks this far ahead, into L2 (T1):
 // on Zen 4 (2 vCPUs, ab_builds --cold) T1 beat T0 by 1.4-1.7x at 1 thread for q4_k_r4 /
 // q5_k_r4 / q6_k_r4 (T0 fills the L1 miss buffers with lines needed microseconds later), and
-// 4 or 16 super-blocks ahead were no better than 8.
+// 4 or 16 super-blocks ahead were no better than 8. Only q6_k_r4 keeps it now (see q45_r4_pair).
 constexpr int kR4PrefetchAhead = 8;
 inline __m512 joinf(__m256 a, __m256 b) { return _mm512_insertf32x8(_mm512_castps256_ps512(a), b, 1); }
 
@@ -278,8 +278,9 @@ void q45_r4_pair(const GemmArgs& g, int64_t n0, int64_t grp, int64_t grp2) {
         __m256 d4h[2], m4h[2], f[4][2];
         alignas(32) uint32_t hd[2][8];
         for (int p = 0; p < 2; ++p) {
-            // Two streams (see q45_r4_any): fetch whole super-blocks ahead of both.
-            for (int l = 0; l < bytes; l += 64) IQKQ_PREFETCH((const char*)(x[p] + kR4PrefetchAhead * bytes + l), _MM_HINT_T1);
+            // No software prefetch: the hardware prefetcher alone streams both (Zen 4, 2 vCPUs,
+            // ab_builds --cold, both orders: without the L2 prefetch 8 ahead, cold N=1 x1.09-1.19
+            // at 1 thread and x1.09-1.12 at 2; q6_k_r4 below keeps it, it gains there).
             const __m256 dl = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x[p])));
             d4h[p] = _mm256_permute2f128_ps(dl, dl, 0x00);
             m4h[p] = _mm256_mul_ps(_mm256_set1_ps(-1.0f), _mm256_permute2f128_ps(dl, dl, 0x11));
